@@ -1,0 +1,100 @@
+"""One ViT image tower for CLIP (OpenAI and OpenCLIP variants).
+
+Dense methods need more than CLIP's pooled output: the input of the last block (which they
+re-run with another attention rule), sometimes a middle layer's tokens. `forward_tokens` runs
+blocks 0..L-2 once and hands back exactly what was asked for, so no method needs a second pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .configs import VisionCfg
+from .pos_embed import resize_pos_embed
+from .transformer import LayerNorm, Transformer
+
+
+@dataclass
+class ViTTokens:
+    """What `forward_tokens` returns.
+
+    tokens: (B, 1 + h*w, D) input of the last block (class token first).
+    grid: (h, w) patch grid of this input.
+    layers: {block index: (B, 1 + h*w, D) output of that block} for the indices asked for.
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    layers: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: VisionCfg, pos_resize: str = "scale_factor"):
+        super().__init__()
+        self.cfg = cfg
+        self.pos_resize = pos_resize  # see pos_embed.resize_pos_embed
+        w = cfg.width
+        scale = w**-0.5
+        self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(w))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid**2 + 1, w))
+        self.ln_pre = LayerNorm(w, eps=cfg.ln_eps)
+        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.act, cfg.ln_eps, cfg.mlp_ratio)
+        self.ln_post = LayerNorm(w, eps=cfg.ln_eps)
+        self.proj = nn.Parameter(scale * torch.randn(w, cfg.output_dim)) if cfg.output_dim else None
+
+    @property
+    def patch_size(self) -> int:
+        return self.cfg.patch_size
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.resblocks
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images (B, 3, H, W) -> (B, 1 + h*w, D) tokens after ln_pre. A remainder of H or W
+        that does not fill a patch is dropped by the strided conv, as in the reference code."""
+        if x.shape[-2] < self.patch_size or x.shape[-1] < self.patch_size:
+            raise ValueError(
+                f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch"
+            )
+        x = self.conv1(x.to(self.conv1.weight.dtype))
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + resize_pos_embed(self.positional_embedding, grid, self.pos_resize).to(x.dtype)
+        return self.ln_pre(x), grid
+
+    def forward_tokens(self, x: torch.Tensor, keep_layers: tuple[int, ...] = (),
+                       upto: int | None = None) -> ViTTokens:
+        """Run blocks 0..upto-1 (default: all but the last) and keep the asked-for layers.
+
+        Args:
+            x: normalised images (B, 3, H, W).
+            keep_layers: block indices whose outputs to return (negative counts from the end).
+            upto: number of blocks to run; default L - 1, i.e. stop at the last block's input.
+        """
+        n = len(self.blocks)
+        upto = n - 1 if upto is None else upto
+        keep = {i % n for i in keep_layers}
+        tokens, grid = self.embed(x)
+        layers = {}
+        for i, blk in enumerate(self.blocks[:upto]):
+            tokens = blk(tokens)
+            if i in keep:
+                layers[i] = tokens
+        return ViTTokens(tokens, grid, layers)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """ln_post then projection, on any tokens (B, N, D) -> (B, N, C)."""
+        x = self.ln_post(x)
+        return x @ self.proj if self.proj is not None else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP's image embedding: (B, 3, H, W) -> (B, C) projected class token."""
+        t = self.forward_tokens(x, upto=len(self.blocks)).tokens
+        return self.project(t[:, 0])
