@@ -54,7 +54,7 @@ class VisionTransformer(nn.Module):
     def blocks(self) -> nn.ModuleList:
         return self.transformer.resblocks
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def embed(self, x: torch.Tensor, pos_resize: str | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images (B, 3, H, W) -> (B, 1 + h*w, D) tokens after ln_pre. A remainder of H or W
         that does not fill a patch is dropped by the strided conv, as in the reference code."""
         if x.shape[-2] < self.patch_size or x.shape[-1] < self.patch_size:
@@ -66,22 +66,23 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + resize_pos_embed(self.positional_embedding, grid, self.pos_resize).to(x.dtype)
+        x = x + resize_pos_embed(self.positional_embedding, grid, pos_resize or self.pos_resize).to(x.dtype)
         return self.ln_pre(x), grid
 
     def forward_tokens(self, x: torch.Tensor, keep_layers: tuple[int, ...] = (),
-                       upto: int | None = None) -> ViTTokens:
+                       upto: int | None = None, pos_resize: str | None = None) -> ViTTokens:
         """Run blocks 0..upto-1 (default: all but the last) and keep the asked-for layers.
 
         Args:
             x: normalised images (B, 3, H, W).
             keep_layers: block indices whose outputs to return (negative counts from the end).
             upto: number of blocks to run; default L - 1, i.e. stop at the last block's input.
+            pos_resize: positional-embedding resize rule for this call (default: the tower's).
         """
         n = len(self.blocks)
         upto = n - 1 if upto is None else upto
         keep = {i % n for i in keep_layers}
-        tokens, grid = self.embed(x)
+        tokens, grid = self.embed(x, pos_resize)
         layers = {}
         for i, blk in enumerate(self.blocks[:upto]):
             tokens = blk(tokens)

@@ -1,0 +1,1 @@
+"""Image and text towers (CLIP, later DINO), their weights formats, tokenizer and registry."""

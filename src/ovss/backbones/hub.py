@@ -1,0 +1,240 @@
+"""Where weights come from: local files and folders, Hugging Face Hub repos, registered names.
+
+Hub downloads go through `huggingface_hub.hf_hub_download`, so files land in (and are reused from)
+the standard Hugging Face cache. The cache location and offline mode are read from the
+environment on every call (HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE), not only when huggingface_hub
+was imported, so a setting made later in the process still counts.
+
+Source forms accepted by `resolve_weights`:
+    /path/to/file.safetensors | /path/to/folder    a local checkpoint file or model folder
+    local-dir:/path                                 the same, spelled explicitly
+    hf-hub:org/repo                                 a hub repo (weights chosen as below)
+    hf-hub:org/repo/sub/file.safetensors            one file of a hub repo
+    clip-vit-b16 (or an alias such as ViT-B/16)    a registered backbone (see pretrained.py)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from .pretrained import TOKENIZER_FILES, PretrainedCfg, get_pretrained, resolve_name
+
+__all__ = [
+    "DEFAULT_HUB_WEIGHTS",
+    "WeightsNotFoundError",
+    "download",
+    "hub_cache_dir",
+    "is_offline",
+    "resolve_weights",
+]
+
+# For an `hf-hub:org/repo` without a file name: safetensors first, then pickles.
+DEFAULT_HUB_WEIGHTS = (
+    "open_clip_model.safetensors",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "open_clip_pytorch_model.bin",
+    "pytorch_model.bin",
+)
+_TRUE = {"1", "on", "yes", "true"}
+logger = logging.getLogger(__name__)
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Hub weights that cannot be had here (offline with nothing cached, repo or file missing)."""
+
+
+def is_offline() -> bool:
+    """HF_HUB_OFFLINE as set now, or as huggingface_hub read it at import."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The hub cache in use: `cache_dir`, else HF_HUB_CACHE, else HF_HOME/hub, else the default."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _how_to_get(repo: str, files: tuple[str, ...], name: str | None, cache: Path, why: str) -> str:
+    target = name or f"hf-hub:{repo}"
+    return (
+        f"cannot get weights {' / '.join(files)} of Hugging Face repo '{repo}': {why}. "
+        f"Hub cache searched: {cache}. To fix: run `ovss download {target}` on a machine with network "
+        f"access and copy its Hugging Face cache ({cache}) here (or point HF_HOME / HF_HUB_CACHE at "
+        f"a copy); or download the file yourself and pass `--weights /path/to/file` "
+        f"(weights=... in Python)."
+    )
+
+
+def _download(repo: str, filename: str, cache: Path, offline: bool) -> str:
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=repo, filename=filename, cache_dir=str(cache), local_files_only=offline)
+
+
+def _fetch_first(repo: str, candidates: tuple[str, ...], cache: Path, name: str | None) -> Path:
+    """Download the first candidate the repo has; a `.bin` is tried only if the safetensors file
+    is absent from the repo (or, offline, absent from the cache)."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = is_offline()
+    missing_remote, unreachable = [], []
+    last: Exception | None = None
+    for fname in candidates:
+        try:
+            path = Path(_download(repo, fname, cache, offline))
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:  # not cached, hub unreachable
+            unreachable.append(fname)
+            last = e
+            continue
+        except EntryNotFoundError as e:  # the repo does not have this file: try the next one
+            missing_remote.append(fname)
+            last = e
+            continue
+        except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as e:
+            raise WeightsNotFoundError(
+                _how_to_get(repo, candidates, name, cache, f"the repo is missing, private or gated ({e})")
+            ) from e
+        except OSError as e:  # network failures that huggingface_hub let through
+            unreachable.append(fname)
+            last = e
+            continue
+        if fname.endswith(".index.json"):
+            _fetch_shards(repo, path, cache, offline, candidates, name)
+        return path
+    if unreachable:
+        why = ("offline mode is on (HF_HUB_OFFLINE) and they are not in the local cache" if offline
+               else "the hub could not be reached and they are not in the local cache")
+    else:
+        why = "the repo has none of these files"
+    raise WeightsNotFoundError(_how_to_get(repo, candidates, name, cache, why)) from last
+
+
+def _fetch_shards(repo: str, index: Path, cache: Path, offline: bool, candidates, name) -> None:
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        subdir = str(Path(index.relative_to(_snapshot_root(index))).parent)
+        fname = shard if subdir in ("", ".") else f"{subdir}/{shard}"
+        try:
+            _download(repo, fname, cache, offline)
+        except Exception as e:
+            why = f"shard {fname}: {e}"
+            raise WeightsNotFoundError(_how_to_get(repo, candidates, name, cache, why)) from e
+
+
+def _snapshot_root(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.parent.name == "snapshots":
+            return parent
+    return path.parent
+
+
+def _fetch_optional(repo: str, files: tuple[str, ...], cache: Path) -> list[str]:
+    """Config and tokenizer files: fetched when the repo has them, skipped otherwise."""
+    got = []
+    for fname in files:
+        try:
+            got.append(_download(repo, fname, cache, is_offline()))
+        except Exception as e:  # noqa: BLE001 - optional files; the weights decide success
+            logger.debug("optional file %s of %s not fetched: %s", fname, repo, e)
+    return got
+
+
+def _config_for(weights_name: str) -> str:
+    return "open_clip_config.json" if Path(weights_name).name.startswith("open_clip") else "config.json"
+
+
+def _parse_hf_spec(spec: str) -> tuple[str, str | None]:
+    parts = [p for p in spec.split("/") if p]
+    if len(parts) < 2:
+        raise ValueError(f"hf-hub:{spec}: expected hf-hub:org/repo or hf-hub:org/repo/path/to/file")
+    repo = "/".join(parts[:2])
+    return repo, ("/".join(parts[2:]) or None)
+
+
+def _fetch_pretrained(pre: PretrainedCfg, cache: Path) -> Path:
+    weights = _fetch_first(pre.hf_hub_id, pre.weights, cache, pre.name)
+    _fetch_optional(pre.hf_hub_id, pre.extra_files, cache)
+    return weights
+
+
+def resolve_weights(source: str | os.PathLike | PretrainedCfg, cache_dir: str | os.PathLike | None = None,
+                    files: tuple[str, ...] | list[str] | None = None) -> Path:
+    """A local path holding the weights named by `source` (downloading hub files if needed).
+
+    Args:
+        source: see the module docstring for the accepted forms.
+        cache_dir: hub cache to use instead of HF_HUB_CACHE / HF_HOME.
+        files: weight-file candidates (best first) for an `hf-hub:org/repo` source.
+    Returns:
+        A weights file, or a local model folder as given. Hub downloads also fetch the matching
+        config and tokenizer files into the same snapshot folder, when the repo has them.
+    Raises:
+        FileNotFoundError: a local path that does not exist, or a source that is none of the forms.
+        WeightsNotFoundError: hub weights unavailable (offline and not cached, missing repo/file).
+    """
+    cache = hub_cache_dir(cache_dir)
+    if isinstance(source, PretrainedCfg):
+        return _fetch_pretrained(source, cache)
+    s = os.fspath(source)
+    if s.startswith("local-dir:"):
+        p = Path(s[len("local-dir:"):]).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"weights not found: {p} (from {s})")
+        return p
+    if s.startswith("hf-hub:"):
+        repo, filename = _parse_hf_spec(s[len("hf-hub:"):])
+        if filename:
+            path = _fetch_first(repo, (filename,), cache, None)
+            _fetch_optional(repo, (_config_for(filename), *TOKENIZER_FILES), cache)
+            return path
+        candidates = tuple(files) if files else DEFAULT_HUB_WEIGHTS
+        path = _fetch_first(repo, candidates, cache, None)
+        _fetch_optional(repo, (_config_for(path.name), *TOKENIZER_FILES), cache)
+        return path
+    p = Path(s).expanduser()
+    if p.exists():
+        return p
+    key = resolve_name(s)
+    if key is not None:
+        return _fetch_pretrained(get_pretrained(key), cache)
+    raise FileNotFoundError(
+        f"weights not found: {p} is not an existing file or folder, nor a registered backbone "
+        "name (see `ovss list`), nor an 'hf-hub:org/repo' or 'local-dir:/path' spec"
+    )
+
+
+def download(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Fetch everything a registered backbone needs (weights, config, tokenizer) ahead of time.
+
+    This is what `ovss download NAME` runs on a machine with network access; afterwards the
+    backbone loads offline from the cache. Returns the snapshot folder holding the files.
+    """
+    pre = get_pretrained(name)
+    cache = hub_cache_dir(cache_dir)
+    weights = _fetch_first(pre.hf_hub_id, pre.weights, cache, pre.name)
+    got = _fetch_optional(pre.hf_hub_id, pre.extra_files, cache)
+    missing = [f for f in pre.extra_files if not any(Path(g).name == f for g in got)]
+    if missing:
+        import warnings
+
+        warnings.warn(f"{pre.hf_hub_id}: could not fetch {', '.join(missing)}", stacklevel=2)
+    return weights.parent

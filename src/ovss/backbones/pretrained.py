@@ -1,0 +1,184 @@
+"""Registry of published CLIP weights: where each lives on the Hugging Face Hub and what it needs.
+
+An entry names an architecture (a key of `configs.ARCHS`), the hub repo, the weight files in
+order of preference (safetensors first; a `.bin` only where the safetensors file is absent), the
+config and tokenizer files that go with them, and the activation the weights were trained with.
+
+How the repo ids and file names were confirmed (search of stored hub pages and source, 2025):
+- OpenAI weights in transformers layout: `openai/clip-vit-base-patch16`, `-base-patch32`,
+  `-large-patch14`, `-large-patch14-336` (ids as used in transformers' CLIP docs and in timm's model
+  cards, e.g. "see https://huggingface.co/openai/clip-vit-large-patch14-336 for use in Hugging Face
+  Transformers"). Their file lists (seen on duplicates of these repos): config.json, vocab.json,
+  merges.txt, tokenizer.json, preprocessor_config.json, pytorch_model.bin, and model.safetensors on
+  the large-patch14 repo. Whether every OpenAI repo has model.safetensors on `main` was NOT
+  confirmed (duplicates of base-patch32 show only pytorch_model.bin, and an open SFconvertbot
+  "Adding safetensors variant" PR), hence the `.bin` fallback. config.json says
+  hidden_act "quick_gelu".
+- OpenCLIP LAION weights: repo ids from open_clip's `pretrained.py` (`_VITB16.laion2b_s34b_b88k ->
+  hf_hub='laion/CLIP-ViT-B-16-laion2B-s34B-b88K/'`, `_VITH14.laion2b_s32b_b79k ->
+  'laion/CLIP-ViT-H-14-laion2B-s32B-b79K/'`); file names from open_clip's constants
+  (HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin", HF_SAFE_WEIGHTS_NAME =
+  "open_clip_model.safetensors", HF_CONFIG_NAME = "open_clip_config.json"). The B-16 repo's
+  open_clip_config.json (seen at commit 7288da5) has no `quick_gelu` flag -> exact GELU, and
+  OpenAI mean/std. The H-14 repo holds open_clip_pytorch_model.bin, model.safetensors /
+  pytorch_model.bin (transformers layout, hidden_act "gelu"), vocab.json, merges.txt,
+  tokenizer.json; open_clip_model.safetensors there was not confirmed, hence the fallback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass
+
+from .configs import ARCHS
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "PRETRAINED",
+    "TOKENIZER_FILES",
+    "PretrainedCfg",
+    "get_pretrained",
+    "list_backbones",
+    "resolve_name",
+]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+_OPENAI_PAPER = ("Radford et al., Learning Transferable Visual Models From Natural Language "
+                 "Supervision, ICML 2021 (arXiv:2103.00020)")
+_LAION_PAPER = ("Cherti et al., Reproducible scaling laws for contrastive language-image learning, "
+                "CVPR 2023 (arXiv:2212.07143); data: Schuhmann et al., LAION-5B, NeurIPS 2022")
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """One published set of CLIP weights.
+
+    weights: candidate weight files in the repo, best first; the first that exists is used.
+    config: the config file shipped with the weights (it states the activation).
+    aliases: other spellings users type (OpenAI / OpenCLIP names); matched ignoring case and
+        punctuation, so "ViT-B/16", "openai/ViT-B-16" and "ViT-B-16.openai" are one alias.
+    """
+
+    name: str
+    arch: str
+    hf_hub_id: str
+    weights: tuple[str, ...]
+    config: str | None = None
+    tokenizer: tuple[str, ...] = TOKENIZER_FILES
+    act: str = "quick_gelu"
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    description: str = ""
+    licence: str = ""
+    paper: str = ""
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file name this entry may fetch (weight candidates, config, tokenizer)."""
+        return (*self.weights, *((self.config,) if self.config else ()), *self.tokenizer)
+
+    @property
+    def extra_files(self) -> tuple[str, ...]:
+        return (*((self.config,) if self.config else ()), *self.tokenizer)
+
+
+def _openai(name: str, arch: str, repo: str, desc: str, aliases: tuple[str, ...]) -> PretrainedCfg:
+    return PretrainedCfg(
+        name=name, arch=arch, hf_hub_id=repo, weights=_HF_WEIGHTS, config="config.json",
+        act="quick_gelu", description=desc,
+        licence="MIT (OpenAI CLIP code and weights)", paper=_OPENAI_PAPER,
+        aliases=(arch, f"openai/{arch}", f"{arch}.openai", f"{arch}-openai", f"clip-{arch}", repo, *aliases),
+    )
+
+
+def _laion(name: str, arch: str, tag: str, repo: str, desc: str, aliases: tuple[str, ...]) -> PretrainedCfg:
+    return PretrainedCfg(
+        name=name, arch=arch, hf_hub_id=repo, weights=_OPEN_CLIP_WEIGHTS, config="open_clip_config.json",
+        act="gelu", description=desc, licence="MIT (LAION / OpenCLIP)", paper=_LAION_PAPER,
+        aliases=(f"{arch}.{tag}", f"{arch}/{tag}", f"laion/{arch}.{tag}", repo, *aliases),
+    )
+
+
+PRETRAINED: dict[str, PretrainedCfg] = {
+    p.name: p
+    for p in (
+        _openai("clip-vit-b16", "ViT-B-16", "openai/clip-vit-base-patch16",
+                "OpenAI CLIP ViT-B/16, 224px; the default backbone of most training-free OVSS papers",
+                ("ViT-B/16",)),
+        _openai("clip-vit-b32", "ViT-B-32", "openai/clip-vit-base-patch32",
+                "OpenAI CLIP ViT-B/32, 224px (coarse 7x7 grid; cheap)", ("ViT-B/32",)),
+        _openai("clip-vit-l14", "ViT-L-14", "openai/clip-vit-large-patch14",
+                "OpenAI CLIP ViT-L/14, 224px", ("ViT-L/14",)),
+        _openai("clip-vit-l14-336", "ViT-L-14-336", "openai/clip-vit-large-patch14-336",
+                "OpenAI CLIP ViT-L/14 fine-tuned at 336px", ("ViT-L/14@336px", "ViT-L-14-336px")),
+        _laion("openclip-vit-b16-laion2b", "ViT-B-16", "laion2b_s34b_b88k",
+               "laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+               "OpenCLIP ViT-B/16 trained on LAION-2B (34B samples seen), exact GELU", ()),
+        _laion("openclip-vit-h14-laion2b", "ViT-H-14", "laion2b_s32b_b79k",
+               "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+               "OpenCLIP ViT-H/14 trained on LAION-2B (32B samples seen), exact GELU",
+               ("ViT-H-14", "ViT-H/14")),
+    )
+}
+
+
+def _norm(s: str) -> str:
+    """Alias key: lower case, letters and digits only ("ViT-B/16" == "vit_b_16" == "vitb16")."""
+    return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+def _alias_table() -> dict[str, str]:
+    """Built on each call so entries added at run time (plugins, tests) are seen."""
+    table: dict[str, str] = {}
+    for p in PRETRAINED.values():
+        for a in (p.name, *p.aliases):
+            table.setdefault(_norm(a), p.name)
+    return table
+
+
+def resolve_name(name: str) -> str | None:
+    """Registered name for `name` or one of its aliases; None when it is not a known backbone."""
+    if name in PRETRAINED:
+        return name
+    return _alias_table().get(_norm(name))
+
+
+def get_pretrained(name: str) -> PretrainedCfg:
+    """The registry entry for a name or alias.
+
+    Raises:
+        KeyError: unknown name; the message lists close matches first, then every valid name.
+    """
+    key = resolve_name(name)
+    if key is None:
+        raise KeyError(unknown_backbone_message(name))
+    cfg = PRETRAINED[key]
+    if cfg.arch not in ARCHS:
+        raise KeyError(f"backbone {key!r} names architecture {cfg.arch!r}, not in configs.ARCHS")
+    return cfg
+
+
+def unknown_backbone_message(name: str) -> str:
+    names = sorted(PRETRAINED)
+    candidates = {**{n: n for n in names}, **{a: p.name for p in PRETRAINED.values() for a in p.aliases}}
+    close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
+    close_names = list(dict.fromkeys(candidates[c] for c in close))
+    hint = f" Did you mean: {', '.join(close_names)}?" if close_names else ""
+    return (
+        f"unknown backbone {name!r}.{hint} Valid names: {', '.join(names)}. A weights file or folder "
+        "path, 'local-dir:/path' or 'hf-hub:org/repo' also works."
+    )
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Registered backbone names matching a shell-style pattern (e.g. "clip-*", "*h14*")."""
+    return sorted(n for n in PRETRAINED if fnmatch.fnmatch(n, pattern))

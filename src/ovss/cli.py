@@ -1,0 +1,189 @@
+"""The `ovss` command: segment | methods | backbones | download."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_USER_ERROR = 2
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """["protocol.crop=0", "attention=qq+kk"] -> {"protocol.crop": 0, "attention": "qq+kk"}."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _parse_value(v.strip())
+    return out
+
+
+def _stems(paths: list[Path]) -> list[str]:
+    stems = [p.stem for p in paths]
+    dup = {s for s in stems if stems.count(s) > 1}
+    return [p.name.replace(".", "_") if p.stem in dup else p.stem for p in paths]
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .io import list_images
+    from .pipeline import Segmenter
+    from .text_bank import parse_classes, read_class_file
+
+    if not args.classes and not args.classes_file:
+        raise ValueError("give the classes: --classes \"cat, sofa, wooden floor\" or --classes-file FILE")
+    classes: Any = read_class_file(args.classes_file) if args.classes_file else args.classes
+    spec = parse_classes(classes, background=args.background or None)
+    paths: list[Path] = []
+    for item in args.inputs:
+        paths.extend(list_images(item))
+    out = Path(args.out)
+    stems = _stems(paths)
+    todo = [(p, s) for p, s in zip(paths, stems) if args.overwrite or not (out / f"{s}.json").exists()]
+    skipped = len(paths) - len(todo)
+    if not todo:
+        print(f"all {len(paths)} image(s) already done in {out} (use --overwrite to redo)")
+        return 0
+    seg = Segmenter(args.method, backbone=args.backbone, weights=args.weights, preset=args.preset,
+                    device=args.device, overrides=parse_overrides(args.set), tokenizer=args.tokenizer,
+                    cache_dir=args.cache_dir)
+    formats = tuple(args.save.split(","))
+    bar = tqdm(todo, desc="segment", unit="img", disable=args.quiet or len(todo) < 2)
+    for path, stem in bar:
+        bar.set_postfix_str(path.name)
+        result = seg(path, spec)
+        result.settings["image"] = str(path)
+        result.save(out, stem, formats)
+    print(f"wrote {len(todo)} image(s) to {out}" + (f", skipped {skipped} already done" if skipped else ""))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import METHODS, get_method
+
+    names = METHODS.list(args.pattern)
+    if args.json:
+        print(json.dumps({n: _method_dict(get_method(n)) for n in names}, indent=2))
+        return 0
+    for n in names:
+        m = get_method(n)
+        print(f"{n}: {m.summary}")
+        if m.paper:
+            print(f"  paper: {m.paper}")
+        if m.code:
+            print(f"  code:  {m.code}")
+        r = m.recipe
+        print(f"  recipe: attention={r.attention} surgery[{r.surgery}] templates={r.templates}")
+        p = r.protocol
+        win = "whole image" if p.crop == 0 else f"windows {p.crop}/{p.stride}"
+        print(f"          short side {p.short_side}, {win}, logit scale {r.decision.logit_scale}, "
+              f"prob_thd {r.decision.prob_thd}, area_thd {r.decision.area_thd}")
+        for pname, preset in m.presets.items():
+            print(f"  preset {pname}:")
+            for k, v in preset.overrides.items():
+                src = preset.sources.get(k, "")
+                print(f"    {k} = {v!r}" + (f"    [{src}]" if src else ""))
+            if preset.note:
+                print(f"    note: {preset.note}")
+    return 0
+
+
+def _method_dict(m) -> dict[str, Any]:
+    return {
+        "summary": m.summary, "paper": m.paper, "code": m.code, "recipe": m.recipe.to_dict(),
+        "presets": {k: {"overrides": dict(p.overrides), "sources": dict(p.sources), "classes": p.classes,
+                        "note": p.note} for k, p in m.presets.items()},
+    }
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from .backbones.pretrained import get_pretrained, list_backbones
+
+    for n in list_backbones(args.pattern):
+        cfg = get_pretrained(n)
+        where = cfg.hf_hub_id or getattr(cfg, "local_path", "") or ""
+        print(f"{n:28s} {cfg.arch:14s} {where}  {cfg.description}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .backbones.hub import download
+
+    for name in args.names:
+        path = download(name, cache_dir=args.cache_dir)
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="ovss", description="Training-free open-vocabulary semantic segmentation.")
+    p.add_argument("--version", action="version", version=f"ovss {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment images into free-text classes")
+    s.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    s.add_argument("--classes", help='classes separated by commas, synonyms by "|": "cat, sofa|couch"')
+    s.add_argument("--classes-file", help="class file: one class per line, synonyms after commas")
+    s.add_argument("--background", action="store_true",
+                   help="class 0 is background: it receives pixels under the probability threshold")
+    s.add_argument("--method", default="maskclip", help="method name (see `ovss methods`)")
+    s.add_argument("--backbone", default="clip-vit-b16", help="backbone name, file, folder or hf-hub:org/repo")
+    s.add_argument("--weights", help="read the backbone's weights from this file or folder")
+    s.add_argument("--tokenizer", help="tokenizer vocabulary file or folder, if not beside the weights")
+    s.add_argument("--preset", help="a method preset, e.g. a benchmark name")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe setting, e.g. --set attention=kk+gaussian:5 --set surgery.residual=False")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--save", default="index,overlay,json", help="comma-separated: index, overlay, json")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--cache-dir", help="weights cache (default: the Hugging Face hub cache)")
+    s.add_argument("--overwrite", action="store_true", help="redo images already done")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_segment)
+
+    m = sub.add_parser("methods", help="list methods with their recipes, presets and sources")
+    m.add_argument("pattern", nargs="?", default="*")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_methods)
+
+    b = sub.add_parser("backbones", help="list named backbones and where their weights live")
+    b.add_argument("pattern", nargs="?", default="*")
+    b.set_defaults(func=cmd_backbones)
+
+    d = sub.add_parser("download", help="fetch a backbone's weights ahead, for offline use")
+    d.add_argument("names", nargs="+")
+    d.add_argument("--cache-dir")
+    d.set_defaults(func=cmd_download)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; finished images are kept and skipped on the next run", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"ovss {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""`Segmenter`: a method recipe bound to loaded weights, callable on images and class lists."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .backbones.factory import LoadedClip, create_clip
+from .backbones.tokenizer import Tokenizer
+from .dense import patch_logits
+from .inference import (
+    class_probabilities,
+    decide,
+    preprocess,
+    slide_logits,
+    upsample,
+    upsample_rows,
+)
+from .methods import MethodSpec, Recipe, get_method
+from .result import Result
+from .text_bank import ClassSpec, TextBank, parse_classes
+
+# Full-size (queries x H x W) logits are materialised only below this many elements (256 MB in
+# float32); larger images are upsampled and decided in bands of rows, so memory stays bounded
+# by the network-resolution logits plus one band.
+FULL_SIZE_BUDGET = 1 << 26
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" = CUDA, then Apple MPS, then CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Segmenter:
+    """A method recipe with its weights loaded; call it on (image, classes).
+
+    Keeps the model and the text bank (with its disk cache) across calls, so a class list is
+    encoded once.
+    """
+
+    def __init__(self, method: str | MethodSpec = "maskclip", backbone: str = "clip-vit-b16",
+                 weights: str | os.PathLike | None = None, preset: str | None = None,
+                 device: str | torch.device = "auto", overrides: Mapping[str, Any] | None = None,
+                 tokenizer: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 text_cache_dir: str | os.PathLike | None = None, act: str | None = None,
+                 clip: LoadedClip | None = None):
+        self.method = get_method(method) if isinstance(method, str) else method
+        self.preset = preset
+        self.recipe: Recipe = self.method.resolve(preset, overrides)
+        self.device = resolve_device(device)
+        if clip is None:  # `clip` lets callers share one loaded model between recipes
+            clip = create_clip(backbone, weights=weights, device=self.device, cache_dir=cache_dir,
+                               act=act, pos_resize=self.recipe.pos_resize)
+        else:
+            clip.model.to(self.device)
+        self.clip: LoadedClip = clip
+        self.backbone = backbone
+        self.tokenizer = self._tokenizer(tokenizer)
+        self.text_bank = TextBank(self.clip.model, self.tokenizer, self.clip.weights_id,
+                                  self.recipe.templates, cache_dir=text_cache_dir)
+
+    def _tokenizer(self, path: str | os.PathLike | None) -> Tokenizer:
+        if path is not None:
+            p = os.fspath(path)
+            return Tokenizer.from_dir(p) if os.path.isdir(p) else Tokenizer.from_file(p)
+        if self.clip.tokenizer_dir is None:
+            raise FileNotFoundError(
+                f"no tokenizer vocabulary found next to the weights of {self.backbone!r}; pass "
+                "tokenizer=/path/to/bpe_simple_vocab_16e6.txt.gz (or a folder with vocab.json and "
+                "merges.txt, as Hugging Face CLIP repos carry)"
+            )
+        return Tokenizer.from_dir(self.clip.tokenizer_dir)
+
+    @property
+    def visual(self):
+        return self.clip.model.visual
+
+    # ---- the lower-level calls -------------------------------------------------------------
+    @torch.no_grad()
+    def patch_logits(self, images: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, H, W), normalised queries (Q, C) -> cosine (B, Q, h, w)."""
+        r = self.recipe
+        return patch_logits(self.visual, images.to(self.device), queries.to(self.device),
+                            r.attention, r.surgery, r.pos_resize)
+
+    @torch.no_grad()
+    def stitched_logits(self, image: Any, spec: ClassSpec) -> tuple[torch.Tensor, np.ndarray]:
+        """An image -> (Q, h, w) cosine logits at the protocol's resized size, and the RGB input."""
+        from .io import read_image
+
+        rgb = read_image(image)
+        x = preprocess(rgb, self.recipe.protocol, self.device)
+        queries = self.text_bank.encode(spec).to(self.device)
+        logits = slide_logits(x, lambda crops: self.patch_logits(crops, queries), self.recipe.protocol,
+                              self.visual.patch_size)
+        return logits, rgb
+
+    @torch.no_grad()
+    def logits(self, image: Any, classes: Any) -> torch.Tensor:
+        """Raw per-pixel cosine logits (Q, H, W) at the original size, one row per query
+        (`parse_classes(classes).queries`), before logit scale, softmax and thresholds."""
+        spec = parse_classes(classes)
+        low, rgb = self.stitched_logits(image, spec)
+        return upsample(low, rgb.shape[:2])
+
+    # ---- the full call ---------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, image: Any, classes: Any, background: bool | None = None,
+                 keep_image: bool = True) -> Result:
+        """Segment one image. `classes` in any form `text_bank.parse_classes` takes."""
+        spec = parse_classes(classes, background)
+        low, rgb = self.stitched_logits(image, spec)
+        labels, probs, mean_scores, full = self._decide(low, rgb.shape[:2], spec)
+        names = spec.names
+        d = self.recipe.decision
+        if d.prob_thd > 0 and not spec.background:
+            # Under-threshold pixels need a class of their own: add one, as class 0.
+            names = ["background", *names]
+            labels = labels + 1
+            labels[~self._assigned] = 0
+            probs = np.concatenate([np.zeros_like(probs[:1]), probs])
+            mean_scores = [float("nan"), *mean_scores]
+        from .viz import palette_for
+
+        return Result(
+            labels=labels.astype(np.int32),
+            scores=probs,
+            class_names=names,
+            palette=palette_for(names),
+            image=rgb if keep_image else None,
+            mean_scores=mean_scores,
+            scores_full_size=full,
+            settings=self.settings(),
+        )
+
+    def _decide(self, low: torch.Tensor, size: tuple[int, int], spec: ClassSpec):
+        d = self.recipe.decision
+        q2c, nc = spec.query_to_class, len(spec)
+        # Without a background class, the threshold must not overwrite class 0: decide with
+        # prob_thd=0 and remember which pixels passed it.
+        thd_bg = spec.background or d.prob_thd <= 0
+        dd = d if thd_bg else type(d)(d.logit_scale, 0.0, d.area_thd)
+        h, w = size
+        if low.shape[0] * h * w <= FULL_SIZE_BUDGET:
+            probs = class_probabilities(upsample(low, size), q2c, nc, d.logit_scale)
+            labels, probs = decide(probs, dd)
+            best = probs.amax(0)
+            self._assigned = (best >= d.prob_thd).cpu().numpy()
+            probs_np = probs.float().cpu().numpy()
+            lab = labels.cpu().numpy()
+            means = [float(probs_np[c][lab == c].mean()) if (lab == c).any() else float("nan")
+                     for c in range(nc)]
+            return lab, probs_np, means, True
+        return self._decide_banded(low, size, spec, dd)
+
+    def _decide_banded(self, low, size, spec, dd):
+        d = self.recipe.decision
+        q2c, nc = spec.query_to_class, len(spec)
+        rows = max(1, FULL_SIZE_BUDGET // (low.shape[0] * size[1] * 4))
+        keep = None
+        if dd.area_thd is not None:  # the area rule needs global counts: a first pass
+            counts = torch.zeros(nc, device=low.device)
+            for _, _, band in upsample_rows(low, size, rows):
+                p = class_probabilities(band, q2c, nc, d.logit_scale)
+                counts += torch.bincount(p.argmax(0).flatten(), minlength=nc)
+            area = counts[1:]
+            keep = (area > dd.area_thd * area.sum()).float()
+        labels = np.zeros(size, dtype=np.int64)
+        assigned = np.zeros(size, dtype=bool)
+        sums = np.zeros(nc)
+        cnts = np.zeros(nc)
+        for r0, r1, band in upsample_rows(low, size, rows):
+            p = class_probabilities(band, q2c, nc, d.logit_scale)
+            if keep is not None:
+                p[1:] *= keep.view(-1, 1, 1)
+            lab = p.argmax(0)
+            best = p.amax(0)
+            lab[best < dd.prob_thd] = 0
+            labels[r0:r1] = lab.cpu().numpy()
+            assigned[r0:r1] = (best >= d.prob_thd).cpu().numpy()
+            sel = p.gather(0, lab[None])[0]
+            sums += torch.zeros(nc, dtype=torch.float64).index_add_(0, lab.flatten().cpu(), sel.flatten().double().cpu()).numpy()
+            cnts += np.bincount(lab.flatten().cpu().numpy(), minlength=nc)
+        self._assigned = assigned
+        probs_low = class_probabilities(low, q2c, nc, d.logit_scale)
+        if keep is not None:
+            probs_low[1:] *= keep.view(-1, 1, 1)
+        means = [float(s / c) if c else float("nan") for s, c in zip(sums, cnts)]
+        return labels, probs_low.float().cpu().numpy(), means, False
+
+    def settings(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "method": self.method.name,
+            "preset": self.preset,
+            "backbone": self.backbone,
+            "weights_id": self.clip.weights_id,
+            "recipe": self.recipe.to_dict(),
+            "ovss_version": __version__,
+        }

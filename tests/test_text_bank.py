@@ -1,0 +1,121 @@
+"""Class lists in every form, templates, and the cached query embeddings."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovss.text_bank import TextBank, get_templates, parse_classes
+
+
+def test_class_forms_agree(tmp_path):
+    f = tmp_path / "cls.txt"
+    f.write_text("sky, cloud\nperson, man\ncat\n")
+    forms = [
+        ["sky|cloud", "person|man", "cat"],
+        [["sky", "cloud"], ("person", "man"), "cat"],
+        "sky|cloud, person|man, cat",
+        "sky | cloud,person|man,\ncat",
+        f,
+        str(f),
+        {"sky": ["cloud"], "person": ["person", "man"], "cat": []},
+    ]
+    specs = [parse_classes(x) for x in forms]
+    for s in specs:
+        assert s.names == ["sky", "person", "cat"]
+        assert s.queries == ["sky", "cloud", "person", "man", "cat"]
+        assert s.query_to_class == [0, 0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([], "empty"),
+    ("", "empty"),
+    (" , ", "empty"),
+    (["cat", ""], "empty class name"),
+    ("cat,, dog", None),  # a stray comma between names is tolerated (it yields no class)
+    (["cat", "Cat"], "duplicate"),
+    ("dog|cat, cat", "duplicate"),
+])
+def test_bad_class_lists(bad, match):
+    if match is None:
+        assert parse_classes(bad).names == ["cat", "dog"]
+        return
+    with pytest.raises(ValueError, match=match):
+        parse_classes(bad)
+
+
+def test_missing_class_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        parse_classes(str(tmp_path / "nope.txt"))
+
+
+def test_templates():
+    assert len(get_templates("imagenet80")) == 80
+    assert len(get_templates("maskclip85")) == 85
+    assert get_templates(["a {} here"]) == ("a {} here",)
+    with pytest.raises(KeyError, match="imagenet80"):
+        get_templates("nope")
+    with pytest.raises(ValueError, match="exactly one"):
+        get_templates(["no placeholder"])
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a text encoder and counts prompts encoded."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.prompts = 0
+
+    def encode_text(self, tokens, crop=True):
+        self.prompts += tokens.shape[0]
+        return self.model.encode_text(tokens, crop=crop)
+
+
+@pytest.fixture(scope="module")
+def clip_and_tok(tiny_clip_dir):
+    from ovss.backbones.factory import create_clip
+    from ovss.backbones.tokenizer import Tokenizer
+
+    return create_clip(str(tiny_clip_dir / "model.safetensors")).model, Tokenizer.from_dir(tiny_clip_dir)
+
+
+def test_embedding_is_mean_of_normalised_templates(clip_and_tok, tmp_path):
+    model, tok = clip_and_tok
+    bank = TextBank(model, tok, "w", ["a photo of a {}.", "a {} in the scene."], cache_dir=tmp_path)
+    emb = bank.encode(parse_classes("cat, dog"))
+    with torch.no_grad():
+        e = F.normalize(model.encode_text(tok(["a photo of a cat.", "a cat in the scene."])), dim=-1)
+    ref = F.normalize(e.mean(0), dim=-1)
+    assert emb.shape == (2, 32)
+    assert torch.allclose(emb[0], ref, atol=1e-6)
+
+
+def test_disk_cache_reused_and_keyed(clip_and_tok, tmp_path):
+    model, tok = clip_and_tok
+    counting = CountingModel(model)
+    a = TextBank(counting, tok, "w1", "single", cache_dir=tmp_path).encode_queries(["cat", "dog"])
+    assert counting.prompts == 2
+    b = TextBank(counting, tok, "w1", "single", cache_dir=tmp_path).encode_queries(["dog", "cat", "cow"])
+    assert counting.prompts == 3  # only "cow" was new
+    assert torch.equal(a[0], b[1])
+    TextBank(counting, tok, "w2", "single", cache_dir=tmp_path).encode_queries(["cat"])
+    TextBank(counting, tok, "w1", "imagenet80", cache_dir=tmp_path).encode_queries(["cat"])
+    assert counting.prompts == 3 + 1 + 80  # other weights, other templates: recomputed
+
+
+def test_damaged_cache_entry_is_recomputed(clip_and_tok, tmp_path):
+    model, tok = clip_and_tok
+    bank = TextBank(model, tok, "w", "single", cache_dir=tmp_path)
+    good = bank.encode_queries(["cat"])
+    for p in tmp_path.rglob("*.pt"):
+        p.write_bytes(b"garbage")
+    again = TextBank(model, tok, "w", "single", cache_dir=tmp_path).encode_queries(["cat"])
+    assert torch.allclose(good, again)
+
+
+def test_prompt_over_context_warns(clip_and_tok, tmp_path):
+    model, tok = clip_and_tok
+    long_name = " ".join(["word"] * 100)
+    with pytest.warns(UserWarning, match="token"):
+        emb = TextBank(model, tok, "w", "single", cache_dir=tmp_path).encode_queries([long_name])
+    assert torch.isfinite(emb).all()
