@@ -150,6 +150,6 @@ def test_one_call_segment(weights, rgb_image):
 
 
 def test_upsample_is_the_last_step(seg, rgb_image):
-    low, _ = seg.stitched_logits(rgb_image, ovss.text_bank.parse_classes("cat, dog"))
+    low, _, _ = seg.stitched_logits(rgb_image, ovss.text_bank.parse_classes("cat, dog"))
     assert low.shape[-2:] == (336, 448)
     assert upsample(low, (75, 100)).shape == (2, 75, 100)

@@ -93,8 +93,9 @@ class Segmenter:
                             r.attention, r.surgery, r.pos_resize)
 
     @torch.no_grad()
-    def stitched_logits(self, image: Any, spec: ClassSpec) -> tuple[torch.Tensor, np.ndarray]:
-        """An image -> (Q, h, w) cosine logits at the protocol's resized size, and the RGB input."""
+    def stitched_logits(self, image: Any, spec: ClassSpec) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """An image -> (Q, h, w) cosine logits at the protocol's resized size, the RGB input and
+        the normalised network input (1, 3, h, w)."""
         from .io import read_image
 
         rgb = read_image(image)
@@ -102,15 +103,28 @@ class Segmenter:
         queries = self.text_bank.encode(spec).to(self.device)
         logits = slide_logits(x, lambda crops: self.patch_logits(crops, queries), self.recipe.protocol,
                               self.visual.patch_size)
-        return logits, rgb
+        return logits, rgb, x
+
+    def refine(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Apply the recipe's pixel refiners to (Q, H, W) logits; the guide is the network
+        input resized to (H, W), as SCLIP and NACLIP feed PAMR."""
+        if not self.recipe.refiners:
+            return logits
+        guide = upsample(x[0], tuple(logits.shape[-2:]))[None]
+        out = logits[None]
+        for refiner in self.recipe.refiners:
+            out = refiner(out, guide)
+        return out[0]
 
     @torch.no_grad()
-    def logits(self, image: Any, classes: Any) -> torch.Tensor:
-        """Raw per-pixel cosine logits (Q, H, W) at the original size, one row per query
-        (`parse_classes(classes).queries`), before logit scale, softmax and thresholds."""
+    def logits(self, image: Any, classes: Any, refine: bool = True) -> torch.Tensor:
+        """Per-pixel cosine logits (Q, H, W) at the original size, one row per query
+        (`parse_classes(classes).queries`), after the recipe's pixel refiners (unless
+        `refine=False`) and before logit scale, softmax and thresholds."""
         spec = parse_classes(classes)
-        low, rgb = self.stitched_logits(image, spec)
-        return upsample(low, rgb.shape[:2])
+        low, rgb, x = self.stitched_logits(image, spec)
+        full = upsample(low, rgb.shape[:2])
+        return self.refine(full, x) if refine else full
 
     # ---- the full call ---------------------------------------------------------------------
     @torch.no_grad()
@@ -118,8 +132,8 @@ class Segmenter:
                  keep_image: bool = True) -> Result:
         """Segment one image. `classes` in any form `text_bank.parse_classes` takes."""
         spec = parse_classes(classes, background)
-        low, rgb = self.stitched_logits(image, spec)
-        labels, probs, mean_scores, full = self._decide(low, rgb.shape[:2], spec)
+        low, rgb, x = self.stitched_logits(image, spec)
+        labels, probs, mean_scores, full = self._decide(low, x, rgb.shape[:2], spec)
         names = spec.names
         d = self.recipe.decision
         if d.prob_thd > 0 and not spec.background:
@@ -142,7 +156,7 @@ class Segmenter:
             settings=self.settings(),
         )
 
-    def _decide(self, low: torch.Tensor, size: tuple[int, int], spec: ClassSpec):
+    def _decide(self, low: torch.Tensor, x: torch.Tensor, size: tuple[int, int], spec: ClassSpec):
         d = self.recipe.decision
         q2c, nc = spec.query_to_class, len(spec)
         # Without a background class, the threshold must not overwrite class 0: decide with
@@ -151,7 +165,8 @@ class Segmenter:
         dd = d if thd_bg else type(d)(d.logit_scale, 0.0, d.area_thd)
         h, w = size
         if low.shape[0] * h * w <= FULL_SIZE_BUDGET:
-            probs = class_probabilities(upsample(low, size), q2c, nc, d.logit_scale)
+            logits = self.refine(upsample(low, size), x)
+            probs = class_probabilities(logits, q2c, nc, d.logit_scale)
             labels, probs = decide(probs, dd)
             best = probs.amax(0)
             self._assigned = (best >= d.prob_thd).cpu().numpy()
@@ -160,7 +175,8 @@ class Segmenter:
             means = [float(probs_np[c][lab == c].mean()) if (lab == c).any() else float("nan")
                      for c in range(nc)]
             return lab, probs_np, means, True
-        return self._decide_banded(low, size, spec, dd)
+        # Over the budget, pixel refiners run at the network resolution instead (documented).
+        return self._decide_banded(self.refine(low, x), size, spec, dd)
 
     def _decide_banded(self, low, size, spec, dd):
         d = self.recipe.decision

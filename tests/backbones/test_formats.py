@@ -31,7 +31,7 @@ from ovss.backbones.convert import (
     read_state,
 )
 from ovss.backbones.factory import WeightsMismatchError, create_clip, weights_identity
-from ovss.backbones.hub import WeightsNotFoundError, resolve_weights
+from ovss.backbones.hub import WeightsNotFoundError, download, resolve_weights
 from ovss.backbones.pretrained import PretrainedCfg, get_pretrained, list_backbones
 from ovss.backbones.transformer import LayerNorm, Transformer
 from ovss.backbones.vit import VisionTransformer
@@ -514,6 +514,7 @@ def test_unknown_backbone_name():
         create_clip("clip-vit-b61")
     msg = str(e.value)
     assert "Did you mean: clip-vit-b16" in msg
+    assert msg.index("Did you mean") < msg.index("Valid names")  # close matches first
     for n in list_backbones():
         assert n in msg
 
@@ -568,6 +569,7 @@ def test_load_by_name_from_populated_cache(weights, reference, offline, tmp_path
         "vocab.json": oc / "vocab.json",
         "merges.txt": oc / "merges.txt",
     })
+    assert download("tiny-clip", cache_dir=cache) == snap  # what `ovss download` runs; offline: cache hit
     loaded = create_clip("tiny-clip", cache_dir=cache)
     assert loaded.pretrained is tiny_registered and loaded.tokenizer_dir == snap
     assert loaded.weights_path == snap / "open_clip_model.safetensors"

@@ -206,8 +206,11 @@ def create_clip(backbone: str = "clip-vit-b16", weights: str | Path | None = Non
     backbone = os.fspath(backbone)
     key = resolve_name(backbone)
     pre = get_pretrained(key) if key is not None else None
-    if pre is None and weights is None and not _looks_like_path(backbone):
+    if pre is None and not _looks_like_path(backbone):
         raise KeyError(unknown_backbone_message(backbone))
+    if pre is None and weights is not None:
+        raise ValueError(f"backbone {backbone!r} is already a weights source; pass weights=None, or name a "
+                         "registered backbone to check `weights` against its architecture")
     if pre is not None:
         source = weights if weights is not None else pre
     else:

@@ -216,9 +216,11 @@ def resolve_weights(source: str | os.PathLike | PretrainedCfg, cache_dir: str | 
     key = resolve_name(s)
     if key is not None:
         return _fetch_pretrained(get_pretrained(key), cache)
+    if p.suffix or os.sep in s or "/" in s:
+        raise FileNotFoundError(f"weights not found: {p} (no such file or folder)")
     raise FileNotFoundError(
-        f"weights not found: {p} is not an existing file or folder, nor a registered backbone "
-        "name (see `ovss list`), nor an 'hf-hub:org/repo' or 'local-dir:/path' spec"
+        f"weights not found: {s!r} is not an existing file or folder, a registered backbone name "
+        "(list_backbones()), an 'hf-hub:org/repo' or a 'local-dir:/path' spec"
     )
 
 

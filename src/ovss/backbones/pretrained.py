@@ -173,6 +173,8 @@ def unknown_backbone_message(name: str) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
     close_names = list(dict.fromkeys(candidates[c] for c in close))
     hint = f" Did you mean: {', '.join(close_names)}?" if close_names else ""
+    if "/" in name and not name.startswith(("hf-hub:", "local-dir:")):
+        hint += f" For a Hugging Face repo write 'hf-hub:{name}'."
     return (
         f"unknown backbone {name!r}.{hint} Valid names: {', '.join(names)}. A weights file or folder "
         "path, 'local-dir:/path' or 'hf-hub:org/repo' also works."

@@ -26,6 +26,7 @@ class Recipe:
     decision: Decision = Decision()  # logit scale, thresholds
     templates: str = "imagenet80"  # prompt template set (text_bank.TEMPLATE_SETS)
     pos_resize: str = "scale_factor"  # positional-embedding resize rule (backbones.pos_embed)
+    refiners: tuple = ()  # pixel-level refiners applied in order (ovss.refine), e.g. (PAMR(),)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Apply {"protocol.crop": 0, "attention": "qq+kk", ...}; unknown keys raise KeyError."""
@@ -37,10 +38,21 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["attention"] = str(self.attention)
+        d["refiners"] = [repr(r) for r in self.refiners]
         return d
 
 
 _PARSERS = {AttentionRule: AttentionRule.parse}
+
+
+def _parse_refiners(value: Any) -> tuple:
+    from ..refine import parse_refiner
+
+    items = [value] if isinstance(value, str) else list(value)
+    return tuple(parse_refiner(v) if isinstance(v, str) else v for v in items if v != "")
+
+
+_FIELD_PARSERS = {"refiners": _parse_refiners}
 
 
 def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
@@ -58,6 +70,8 @@ def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
         if parser is None or not isinstance(value, str):
             raise TypeError(f"setting {full!r} needs a {type(current).__name__}")
         value = parser(value)
+    elif head in _FIELD_PARSERS:
+        value = _FIELD_PARSERS[head](value)
     elif isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
     return dataclasses.replace(obj, **{head: value})
