@@ -41,4 +41,4 @@ def parse_refiner(text: str) -> Refiner:
     return REFINERS.get(name.strip())(**kwargs)
 
 
-from . import pamr as _pamr  # noqa: E402,F401  (registers "pamr")
+from . import pamr as _pamr  # noqa: F401  (registers "pamr")
