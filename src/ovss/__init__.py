@@ -13,10 +13,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .methods import get_method, list_methods
 from .result import Result
+
+if TYPE_CHECKING:
+    from .pipeline import Segmenter
 
 __all__ = ["Result", "Segmenter", "__version__", "list_backbones", "list_methods", "get_method", "load",
            "segment"]

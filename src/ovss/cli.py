@@ -43,10 +43,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .pipeline import Segmenter
     from .text_bank import parse_classes, read_class_file
 
-    if not args.classes and not args.classes_file:
-        raise ValueError("give the classes: --classes \"cat, sofa, wooden floor\" or --classes-file FILE")
-    classes: Any = read_class_file(args.classes_file) if args.classes_file else args.classes
-    spec = parse_classes(classes, background=args.background or None)
+    spec = None
+    if args.classes or args.classes_file:
+        classes: Any = read_class_file(args.classes_file) if args.classes_file else args.classes
+        spec = parse_classes(classes, background=args.background or None)
+    else:  # the preset's class file, if it has one
+        from .methods import get_method
+
+        preset = get_method(args.method).presets.get(args.preset) if args.preset else None
+        if preset is None or not preset.classes:
+            raise ValueError("give the classes: --classes \"cat, sofa, wooden floor\" or --classes-file FILE "
+                             "(or a --preset that has a class file)")
     paths: list[Path] = []
     for item in args.inputs:
         paths.extend(list_images(item))
@@ -60,6 +67,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     seg = Segmenter(args.method, backbone=args.backbone, weights=args.weights, preset=args.preset,
                     device=args.device, overrides=parse_overrides(args.set), tokenizer=args.tokenizer,
                     cache_dir=args.cache_dir)
+    if spec is None:
+        spec = parse_classes(seg.preset_classes, background=(preset.background or args.background) or None)
     formats = tuple(args.save.split(","))
     bar = tqdm(todo, desc="segment", unit="img", disable=args.quiet or len(todo) < 2)
     for path, stem in bar:
@@ -68,6 +77,40 @@ def cmd_segment(args: argparse.Namespace) -> int:
         result.settings["image"] = str(path)
         result.save(out, stem, formats)
     print(f"wrote {len(todo)} image(s) to {out}" + (f", skipped {skipped} already done" if skipped else ""))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import create_dataset
+    from .evaluate import evaluate
+    from .methods import get_method
+    from .pipeline import Segmenter
+
+    method = get_method(args.method)
+    dataset = create_dataset(args.dataset, args.root)
+    preset = args.preset
+    if preset is None and dataset.name in method.presets:
+        preset = dataset.name  # the method's published settings for this benchmark
+        print(f"using {method.name}'s preset {preset!r} (pass --preset none to run without it)")
+    if preset == "none":
+        preset = None
+    overrides = {**getattr(dataset, "default_overrides", {}), **parse_overrides(args.set)}
+    seg = Segmenter(method, backbone=args.backbone, weights=args.weights, preset=preset, device=args.device,
+                    overrides=overrides, tokenizer=args.tokenizer, cache_dir=args.cache_dir)
+    classes, background = None, bool(getattr(dataset, "background", False))
+    if args.classes_file:
+        classes = args.classes_file
+    elif preset is not None and method.presets[preset].classes:
+        classes = seg.preset_classes
+        background = bool(getattr(method.presets[preset], "background", background))
+    out = Path(args.out) if args.out else Path("results") / f"{method.name}-{dataset.name}"
+    results = evaluate(seg, dataset, out, classes=classes, background=background or args.background,
+                       limit=args.limit, save_predictions=args.save_predictions, progress=not args.quiet)
+    if results is not None:
+        from .evaluate import markdown_table
+
+        print(markdown_table(results))
+        print(f"results written to {out}/results.json and results.md")
     return 0
 
 
@@ -156,6 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
 
+    e = sub.add_parser("eval", help="evaluate a method on a benchmark (mmseg-equal mIoU; resumable)")
+    e.add_argument("--dataset", required=True, help="benchmark name (voc21, ..., folder, synthetic-scenes)")
+    e.add_argument("--root", required=True, help="the dataset's folder in its standard prepared layout")
+    e.add_argument("--method", default="maskclip")
+    e.add_argument("--preset", help="method preset; default: the one named after the dataset, if any; 'none' for none")
+    e.add_argument("--backbone", default="clip-vit-b16")
+    e.add_argument("--weights")
+    e.add_argument("--tokenizer")
+    e.add_argument("--classes-file", help="text-side class file (default: the preset's, else the dataset's names)")
+    e.add_argument("--background", action="store_true", help="class 0 is background")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--limit", type=int, help="evaluate only the first N images")
+    e.add_argument("--out", help="results folder (default: results/METHOD-DATASET)")
+    e.add_argument("--save-predictions", action="store_true")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--cache-dir")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
     m = sub.add_parser("methods", help="list methods with their recipes, presets and sources")
     m.add_argument("pattern", nargs="?", default="*")
     m.add_argument("--json", action="store_true")
@@ -164,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backbones", help="list named backbones and where their weights live")
     b.add_argument("pattern", nargs="?", default="*")
     b.set_defaults(func=cmd_backbones)
+
+    from .data.prepare import add_prepare_parser
+
+    add_prepare_parser(sub)
 
     d = sub.add_parser("download", help="fetch a backbone's weights ahead, for offline use")
     d.add_argument("names", nargs="+")

@@ -53,12 +53,6 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def dataset_classes(dataset) -> list[list[str]]:
     """The dataset's classes as synonym lists (folder datasets carry synonyms in classes.txt)."""
     classes = getattr(dataset, "classes", None)
@@ -126,7 +120,7 @@ def evaluate(segmenter, dataset, out_dir: str | os.PathLike, classes: Any = None
         acc.update(result.labels, label)
         if save_predictions:
             save_index_png(result.labels, pred_dir / f"{sample.name}.png", palette)
-        _write_json_atomic({"done": k + 1, "metric": acc.state_dict()}, state_path)
+        write_json({"done": k + 1, "metric": acc.state_dict()}, state_path)
         bar.update(1)
     bar.close()
 

@@ -232,7 +232,7 @@ def list_images(path_or_folder: str | os.PathLike[str], recursive: bool = False)
 # ------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Write via a temp file in the destination folder, then ``os.replace`` (atomic on POSIX and
     Windows), so readers see either the old file or the complete new one, never a partial one."""
     path = Path(path).expanduser()
@@ -283,7 +283,7 @@ def save_index_png(
         im.putpalette(pal.tobytes(), rawmode="RGB")
     else:
         im = Image.fromarray(np.ascontiguousarray(lab.astype(np.uint16)))  # mode 'I;16'
-    return _atomic_write(path, lambda f: im.save(f, format="PNG"))
+    return atomic_write(path, lambda f: im.save(f, format="PNG"))
 
 
 def read_index_png(path: str | os.PathLike[str]) -> np.ndarray:
@@ -322,4 +322,4 @@ def _json_default(o: Any) -> Any:
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``obj`` as UTF-8, indented JSON, atomically (serialised first, so a TypeError leaves no file)."""
     data = (json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8")
-    return _atomic_write(path, lambda f: f.write(data))
+    return atomic_write(path, lambda f: f.write(data))

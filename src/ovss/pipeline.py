@@ -84,6 +84,12 @@ class Segmenter:
     def visual(self):
         return self.clip.model.visual
 
+    @property
+    def preset_classes(self) -> str | None:
+        """Path of the preset's class-name file (shipped in ovss/data/classnames), or None."""
+        rel = self.method.presets[self.preset].classes if self.preset is not None else None
+        return None if rel is None else os.path.join(os.path.dirname(__file__), "data", "classnames", rel)
+
     # ---- the lower-level calls -------------------------------------------------------------
     @torch.no_grad()
     def patch_logits(self, images: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

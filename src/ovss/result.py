@@ -94,9 +94,8 @@ class Result:
             io.save_index_png(self.labels, paths["index"], self.palette)
         if "overlay" in formats and self.image is not None:
             paths["overlay"] = out / f"{stem}_overlay.png"
-            tmp = paths["overlay"].with_name(paths["overlay"].name + ".tmp.png")
-            self.overlay().save(tmp)
-            tmp.replace(paths["overlay"])
+            image = self.overlay()
+            io.atomic_write(paths["overlay"], lambda f: image.save(f, format="PNG"))
         if "json" in formats:
             paths["json"] = out / f"{stem}.json"
             io.write_json(self.to_dict(), paths["json"])

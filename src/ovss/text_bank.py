@@ -275,10 +275,9 @@ class TextBank:
         p = self._path(query)
         if p is None:
             return
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"query": query, "embedding": emb}, tmp)
-        os.replace(tmp, p)
+        from .io import atomic_write
+
+        atomic_write(p, lambda f: torch.save({"query": query, "embedding": emb}, f))
 
     @torch.no_grad()
     def encode_queries(self, queries: Iterable[str]) -> torch.Tensor:

@@ -16,7 +16,6 @@ image and mask agree exactly (no antialiasing).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -398,10 +397,10 @@ def save_mask_png(mask: np.ndarray, path: str | Path) -> None:
 
 
 def _atomic_save(im: Image.Image, path: Path) -> None:
-    """Write to a temp name and rename, so an interrupted run never leaves a half file to be skipped."""
-    tmp = path.with_name(path.name + ".tmp")
-    im.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """An interrupted run never leaves a half file that a re-run would skip."""
+    from ..io import atomic_write
+
+    atomic_write(path, lambda f: im.save(f, format="PNG"))
 
 
 def write_split(root: str | Path, split: str = "val", n: int = 200, size: int = 96,

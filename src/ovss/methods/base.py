@@ -85,6 +85,7 @@ class Preset:
     sources: Mapping[str, str] = field(default_factory=dict)  # setting -> "repo file:line"
     classes: str | None = None  # a class-name file shipped with ovss (data/classnames), if any
     note: str = ""
+    background: bool = False  # class 0 of `classes` is a background class (VOC21, Context60, COCO-Object)
 
 
 @dataclass(frozen=True)
