@@ -81,18 +81,42 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import create_dataset
-    from .evaluate import evaluate
+    from .data import create_dataset, ensure_synthetic
+    from .methods import list_methods
+
+    if args.dataset == "synthetic-scenes" and not Path(args.root, "classes.txt").exists():
+        print(f"writing the synthetic validation split to {args.root}")
+        ensure_synthetic(args.root, n=args.synthetic_n, progress=not args.quiet)
+    dataset = create_dataset(args.dataset, args.root)
+    methods = list_methods() if args.method == "all" else [m.strip() for m in args.method.split(",")]
+    base = Path(args.out) if args.out else Path("results") / dataset.name
+    rows = []
+    for name in methods:
+        out = base / name if len(methods) > 1 or not args.out else base
+        results = _eval_one(args, name, dataset, out)
+        if results is not None:
+            rows.append((name, results))
+    if len(rows) > 1:
+        from .evaluate import summary_table
+
+        table = summary_table(rows)
+        (base / "summary.md").write_text(table)
+        print(table)
+        print(f"summary written to {base / 'summary.md'}")
+    return 0
+
+
+def _eval_one(args: argparse.Namespace, method_name: str, dataset, out: Path):
+    from .evaluate import evaluate, markdown_table
     from .methods import get_method
     from .pipeline import Segmenter
 
-    method = get_method(args.method)
-    dataset = create_dataset(args.dataset, args.root)
+    method = get_method(method_name)
     preset = args.preset
     if preset is None and dataset.name in method.presets:
         preset = dataset.name  # the method's published settings for this benchmark
         print(f"using {method.name}'s preset {preset!r} (pass --preset none to run without it)")
-    if preset == "none":
+    if preset == "none" or (preset is not None and preset not in method.presets and args.method == "all"):
         preset = None
     overrides = {**getattr(dataset, "default_overrides", {}), **parse_overrides(args.set)}
     seg = Segmenter(method, backbone=args.backbone, weights=args.weights, preset=preset, device=args.device,
@@ -103,15 +127,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif preset is not None and method.presets[preset].classes:
         classes = seg.preset_classes
         background = bool(getattr(method.presets[preset], "background", background))
-    out = Path(args.out) if args.out else Path("results") / f"{method.name}-{dataset.name}"
     results = evaluate(seg, dataset, out, classes=classes, background=background or args.background,
                        limit=args.limit, save_predictions=args.save_predictions, progress=not args.quiet)
     if results is not None:
-        from .evaluate import markdown_table
-
         print(markdown_table(results))
         print(f"results written to {out}/results.json and results.md")
-    return 0
+    return results
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -201,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a method on a benchmark (mmseg-equal mIoU; resumable)")
     e.add_argument("--dataset", required=True, help="benchmark name (voc21, ..., folder, synthetic-scenes)")
-    e.add_argument("--root", required=True, help="the dataset's folder in its standard prepared layout")
-    e.add_argument("--method", default="maskclip")
+    e.add_argument("--root", required=True, help="the dataset's folder in its standard prepared layout "
+                   "(synthetic-scenes: written there if missing)")
+    e.add_argument("--method", default="maskclip", help="a method, a comma-separated list, or 'all'")
     e.add_argument("--preset", help="method preset; default: the one named after the dataset, if any; 'none' for none")
     e.add_argument("--backbone", default="clip-vit-b16")
     e.add_argument("--weights")
@@ -211,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--background", action="store_true", help="class 0 is background")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--limit", type=int, help="evaluate only the first N images")
-    e.add_argument("--out", help="results folder (default: results/METHOD-DATASET)")
+    e.add_argument("--out", help="results folder (default: results/DATASET[/METHOD])")
+    e.add_argument("--synthetic-n", type=int, default=200, help="images to write for a missing synthetic split")
     e.add_argument("--save-predictions", action="store_true")
     e.add_argument("--device", default="auto")
     e.add_argument("--cache-dir")

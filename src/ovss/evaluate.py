@@ -179,5 +179,18 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """One line per method: mIoU, mAcc, aAcc (several methods on one dataset)."""
+    first = rows[0][1]
+    s = first["settings"]
+    lines = [f"# {first['dataset']}: {first['metrics']['num_images']} images, backbone `{s.get('backbone')}`", "",
+             "| method | preset | mIoU | mAcc | aAcc |", "|---|---|---|---|---|"]
+    for name, r in rows:
+        m = r["metrics"]
+        lines.append(f"| {name} | {r['settings'].get('preset')} | {_fmt(m['mIoU'])} | {_fmt(m['mAcc'])} | "
+                     f"{_fmt(m['aAcc'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(v: float) -> str:
     return "nan" if v != v else f"{v:.2f}"

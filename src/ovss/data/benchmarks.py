@@ -425,6 +425,8 @@ class SyntheticScenesDataset(FolderSegDataset):
     A missing root is an error; generate it first with `ensure_synthetic(root)`."""
 
     name, title = "synthetic-scenes", "synthetic-scenes"
+    # The scenes are 96 px and the demo model was trained at that size: no resize, whole image.
+    default_overrides: ClassVar[dict[str, Any]] = {"protocol.short_side": None, "protocol.crop": 0}
 
     def __init__(self, root: str | os.PathLike[str], split: str = "val") -> None:
         root = Path(root).expanduser()
