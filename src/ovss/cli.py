@@ -68,7 +68,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     device=args.device, overrides=parse_overrides(args.set), tokenizer=args.tokenizer,
                     cache_dir=args.cache_dir)
     if spec is None:
-        spec = parse_classes(seg.preset_classes, background=(preset.background or args.background) or None)
+        spec = seg.preset_class_spec()
+        if args.background:
+            spec = parse_classes(spec, background=True)
     formats = tuple(args.save.split(","))
     bar = tqdm(todo, desc="segment", unit="img", disable=args.quiet or len(todo) < 2)
     for path, stem in bar:
@@ -124,9 +126,9 @@ def _eval_one(args: argparse.Namespace, method_name: str, dataset, out: Path):
     classes, background = None, bool(getattr(dataset, "background", False))
     if args.classes_file:
         classes = args.classes_file
-    elif preset is not None and method.presets[preset].classes:
-        classes = seg.preset_classes
-        background = bool(getattr(method.presets[preset], "background", background))
+    elif seg.preset_class_spec() is not None:
+        classes = seg.preset_class_spec()
+        background = classes.background
     results = evaluate(seg, dataset, out, classes=classes, background=background or args.background,
                        limit=args.limit, save_predictions=args.save_predictions, progress=not args.quiet)
     if results is not None:

@@ -90,6 +90,16 @@ class Segmenter:
         rel = self.method.presets[self.preset].classes if self.preset is not None else None
         return None if rel is None else os.path.join(os.path.dirname(__file__), "data", "classnames", rel)
 
+    def preset_class_spec(self) -> ClassSpec | None:
+        """The preset's classes exactly as the reference repo reads its file (a name may sit in
+        two classes there, e.g. "bed" in SCLIP's COCO-Object background line; the first class
+        wins the tie, as in the reference), with the preset's background flag."""
+        path = self.preset_classes
+        if path is None:
+            return None
+        return parse_classes(path, background=self.method.presets[self.preset].background,
+                             allow_duplicates=True)
+
     # ---- the lower-level calls -------------------------------------------------------------
     @torch.no_grad()
     def patch_logits(self, images: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

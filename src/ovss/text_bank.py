@@ -177,7 +177,7 @@ def read_class_file(path: str | os.PathLike) -> list[list[str]]:
 
 
 def parse_classes(classes: "str | os.PathLike | Sequence[str | Sequence[str]] | Mapping[str, Sequence[str]] | ClassSpec",
-                  background: bool | None = None) -> ClassSpec:
+                  background: bool | None = None, allow_duplicates: bool = False) -> ClassSpec:
     """Accept classes in every form users have.
 
     - a list: items are class names; an item may itself be a list of synonyms, or a string with
@@ -186,6 +186,8 @@ def parse_classes(classes: "str | os.PathLike | Sequence[str | Sequence[str]] | 
     - a path to a class file (research-repo format: a line per class, synonyms after commas);
     - a dict: class name -> list of queries (the class name is the display name).
     `background=True` marks class 0 as background (pixels under the probability threshold go there).
+    A name in two classes is an error unless `allow_duplicates` (reproducing a reference class file
+    that has one; the earlier class then wins ties).
     """
     if isinstance(classes, ClassSpec):
         return classes if background is None else ClassSpec(classes.synonyms, background)
@@ -215,7 +217,7 @@ def parse_classes(classes: "str | os.PathLike | Sequence[str | Sequence[str]] | 
             if key in seen and seen[key] != c:
                 dups.append(s)
             seen.setdefault(key, c)
-    if dups:
+    if dups and not allow_duplicates:
         raise ValueError(f"duplicate class names {sorted(set(dups))}: each name may belong to one class only")
     return ClassSpec(tuple(tuple(dict.fromkeys(g)) for g in groups), bool(background))
 

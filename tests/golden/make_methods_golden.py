@@ -47,12 +47,13 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from make_clip_golden import load_module, perturb_, stub_torchvision, to_ovss  # noqa: E402
+from make_clip_golden import load_module, perturb_, stub_torchvision, to_ovss
 
 MEAN = (122.771, 116.746, 104.094)
 STD = (68.501, 66.632, 70.323)
 # a class file for the references' get_cls_idx: 6 classes, 16 queries (class 0 with 8 synonyms)
-CLASS_LINES = ["bg a, bg b, bg c, bg d, bg e, bg f, bg g, bg h", "c1", "c2, c2 b", "c3", "c4", "c5, c5 b, c5 c"]
+CLASS_LINES = ["bg a, bg b, bg c, bg d, bg e, bg f, bg g, bg h", "c1", "c2, c2 b", "c3", "c4",
+               "c5, c5 b, c5 c"]
 STEP = 5  # logits are stored at every STEP-th row and column
 
 
@@ -122,8 +123,8 @@ def load_clearclip_open_clip(root: Path):
     # installed transformers trips over the torchvision stand-in)
     saved = {k: sys.modules.get(k) for k in ("transformers", "timm")}
     sys.modules.update({"transformers": None, "timm": None})
-    for sub in ("utils", "pos_embed", "transformer", "hf_configs", "hf_model", "modified_resnet", "timm_model",
-                "model"):
+    for sub in ("utils", "pos_embed", "transformer", "hf_configs", "hf_model", "modified_resnet",
+                "timm_model", "model"):
         mod = load_module(f"cc_open_clip.{sub}", root / f"open_clip/{sub}.py", "cc_open_clip")
         sys.modules.setdefault(f"open_clip.{sub}", mod)  # modified_resnet.py imports open_clip.utils
     for k, v in saved.items():
@@ -141,17 +142,18 @@ def dims_of(sd: dict) -> dict:
     patch = sd["visual.conv1.weight"].shape[-1]
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     tw = sd["ln_final.weight"].shape[0]
-    return dict(embed=sd["text_projection"].shape[1], res=patch * grid, vl=vis_layers,
-                vw=sd["visual.conv1.weight"].shape[0], patch=patch, ctx=sd["positional_embedding"].shape[0],
-                vocab=sd["token_embedding.weight"].shape[0], tw=tw, th=max(tw // 64, 1),
-                tl=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks")}))
+    return {"embed": sd["text_projection"].shape[1], "res": patch * grid, "vl": vis_layers,
+            "vw": sd["visual.conv1.weight"].shape[0], "patch": patch,
+            "ctx": sd["positional_embedding"].shape[0], "vocab": sd["token_embedding.weight"].shape[0],
+            "tw": tw, "th": max(tw // 64, 1),
+            "tl": len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks")})}
 
 
 def openai_style_clip(model_mod, sd: dict):
     """SCLIP / NACLIP `clip/model.py` CLIP in float32 (their build_model would cast to fp16)."""
     d = dims_of(sd)
-    m = model_mod.CLIP(d["embed"], d["res"], d["vl"], d["vw"], d["patch"], d["ctx"], d["vocab"], d["tw"], d["th"],
-                       d["tl"])
+    order = ("embed", "res", "vl", "vw", "patch", "ctx", "vocab", "tw", "th", "tl")  # CLIP.__init__'s
+    m = model_mod.CLIP(*(d[k] for k in order))
     m.load_state_dict(sd)
     return m.eval()
 
@@ -218,22 +220,43 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
 # run -> (reference, reference settings, ovss method, ovss preset, ovss overrides)
 def runs(full: bool) -> dict:
     clear_crop = 448 if full else 224  # full: ClearCLIP's default 448/224; small: its Cityscapes 224/224
+    naclip = {"slide_crop": 224, "slide_stride": 112, "logit_scale": 40, "prob_thd": 0.1, "pamr": True}
     return {
-        "sclip": ("sclip", dict(slide_crop=224, slide_stride=112, logit_scale=65, prob_thd=0.1, area_thd=0.1),
-                  "sclip", "voc21", {}),
-        "clearclip": ("clearclip", dict(slide_crop=clear_crop, slide_stride=224, logit_scale=50, prob_thd=0.15),
+        "sclip": ("sclip", {"slide_crop": 224, "slide_stride": 112, "logit_scale": 65, "prob_thd": 0.1,
+                            "area_thd": 0.1}, "sclip", "voc21", {}),
+        "clearclip": ("clearclip", {"slide_crop": clear_crop, "slide_stride": 224, "logit_scale": 50,
+                                    "prob_thd": 0.15},
                       "clearclip", "context60", {"protocol.crop": clear_crop}),
-        "naclip_slide": ("naclip", dict(slide_crop=224, slide_stride=112, logit_scale=40, prob_thd=0.1, pamr=True),
-                         "naclip", "voc21-v1", {}),
-        "naclip_nopamr": ("naclip", dict(slide_crop=224, slide_stride=112, logit_scale=40, prob_thd=0.1,
-                                         pamr=False), "naclip", "voc21-v1", {"refiners": ""}),
-        "naclip_whole": ("naclip", dict(slide_crop=0, slide_stride=112, logit_scale=40, prob_thd=0.1, pamr=True),
-                         "naclip", "voc21", {}),
+        "naclip_slide": ("naclip", naclip, "naclip", "voc21-v1", {}),
+        "naclip_nopamr": ("naclip", {**naclip, "pamr": False}, "naclip", "voc21-v1", {"refiners": ""}),
+        "naclip_whole": ("naclip", {**naclip, "slide_crop": 0}, "naclip", "voc21", {}),
     }
 
 
-def reference_run(refs: dict, which: str, settings: dict, x: torch.Tensor, ori, class_file, queries):
-    mod, net = refs[which]
+def load_reference(which: str, root: Path):
+    """Import one reference: (its segmentor module, a function state dict -> its float32 CLIP).
+    Call `stub_frameworks()` first."""
+    if which == "clearclip":
+        mod = load_segmentor_module(root, "clearclip_segmentor.py", "ref_clearclip_segmentor", pamr=False)
+        cc_model = load_clearclip_open_clip(root)
+        return mod, (lambda sd: clearclip_clip(cc_model, sd))
+    filename = {"sclip": "clip_segmentor.py", "naclip": "naclip.py"}[which]
+    mod = load_segmentor_module(root, filename, f"ref_{which}_segmentor")
+    model_mod = load_module(f"ref_{which}_model", root / "clip/model.py")
+
+    def build(sd):
+        net = openai_style_clip(model_mod, sd)
+        if which == "naclip":
+            net.visual.set_params("reduced", "naclip", 5.0)  # naclip.py:44 with its defaults
+        return net
+
+    build.model_mod = model_mod
+    return mod, build
+
+
+def reference_segmentor(mod, which: str, net, class_file, queries, settings: dict):
+    """The reference segmentor object with `settings` (slide_crop, slide_stride, logit_scale,
+    prob_thd, area_thd, pamr) and `queries` as its text side."""
     s = dict(settings)
     pamr = s.pop("pamr", False)
     if which == "sclip":
@@ -245,22 +268,33 @@ def reference_run(refs: dict, which: str, settings: dict, x: torch.Tensor, ori, 
         seg, _ = make_segmentor(mod, "ClearCLIPSegmentation", net, class_file, queries, clip_type="CLIP",
                                 vit_type="ViT-B/16", model_type="ClearCLIP", ignore_residual=True,
                                 patch_size=net.visual.patch_size, **s)
-    box = capture_postprocess(seg)
+    return seg
+
+
+@torch.no_grad()
+def reference_predict(seg, which: str, x: torch.Tensor, ori):
+    """The reference's inference on a normalised input: (its label map (H, W), data samples)."""
     samples = [_Sample(ori)]
-    with torch.no_grad():
-        if which == "clearclip":  # predict() minus its inputs.half()
-            metas = [samples[0].metainfo]
-            logits = seg.forward_slide(x, metas, seg.slide_stride, seg.slide_crop)
-            seg.postprocess_result(logits, samples)
-        else:
-            seg.predict(x, samples)
-    return box["logits"][0], samples[0].pred_sem_seg.data[0]
+    if which == "clearclip":  # predict() minus its inputs.half()
+        logits = seg.forward_slide(x, [samples[0].metainfo], seg.slide_stride, seg.slide_crop)
+        seg.postprocess_result(logits, samples)
+    else:
+        seg.predict(x, samples)
+    return samples[0].pred_sem_seg.data[0], samples
+
+
+def reference_run(refs: dict, which: str, settings: dict, x: torch.Tensor, ori, class_file, queries):
+    mod, net = refs[which]
+    seg = reference_segmentor(mod, which, net, class_file, queries, settings)
+    box = capture_postprocess(seg)
+    labels, _ = reference_predict(seg, which, x, ori)
+    return box["logits"][0], labels
 
 
 def ovss_run(clip, method, preset, overrides, image, queries, q2c, ori):
     """The same run through ovss's Segmenter, the queries injected in place of the text bank."""
-    from ovss.pipeline import Segmenter
     from ovss.inference import upsample
+    from ovss.pipeline import Segmenter
     from ovss.text_bank import ClassSpec
 
     vocab = HERE / "tokenizer" / "small_vocab.txt.gz"
@@ -285,17 +319,11 @@ def main() -> None:
     args = ap.parse_args()
 
     stub_frameworks()
-    sclip_seg = load_segmentor_module(args.sclip, "clip_segmentor.py", "ref_sclip_segmentor")
-    sclip_model = load_module("ref_sclip_model", args.sclip / "clip/model.py")
-    naclip_seg = load_segmentor_module(args.naclip, "naclip.py", "ref_naclip_segmentor")
-    naclip_model = load_module("ref_naclip_model", args.naclip / "clip/model.py")
-    clear_seg = load_segmentor_module(args.clearclip, "clearclip_segmentor.py", "ref_clearclip_segmentor",
-                                      pamr=False)
-    cc_model = load_clearclip_open_clip(args.clearclip)
+    loaded = {k: load_reference(k, getattr(args, k)) for k in ("sclip", "naclip", "clearclip")}
 
     if args.full:  # ViT-B/16 image tower (text tower small: the text side is not used)
         torch.manual_seed(0)
-        base = sclip_model.CLIP(512, 224, 12, 768, 16, 77, 500, 64, 1, 1).eval()
+        base = loaded["sclip"][1].model_mod.CLIP(512, 224, 12, 768, 16, 77, 500, 64, 1, 1).eval()
         perturb_(base, 1)
         sd = {k: v.clone() for k, v in base.state_dict().items()}
         del base
@@ -303,26 +331,22 @@ def main() -> None:
         from safetensors.torch import load_file
 
         sd = load_file(str(HERE / "clip_small.safetensors"))
-    naclip_net = openai_style_clip(naclip_model, sd)
-    naclip_net.visual.set_params("reduced", "naclip", 5.0)  # naclip.py:44 with its defaults
-    refs = {"sclip": (sclip_seg, openai_style_clip(sclip_model, sd)), "naclip": (naclip_seg, naclip_net),
-            "clearclip": (clear_seg, clearclip_clip(cc_model, sd))}
+    refs = {k: (mod, build(sd)) for k, (mod, build) in loaded.items()}
 
     import tempfile
 
     tmp = Path(tempfile.mkdtemp())
     class_file = tmp / "cls_golden.txt"
     class_file.write_text("\n".join(CLASS_LINES))  # no trailing newline, like the repos' files
-    q2cs = {k: m.get_cls_idx(str(class_file))[1] for k, m in
-            (("sclip", sclip_seg), ("naclip", naclip_seg), ("clearclip", clear_seg))}
+    q2cs = {k: mod.get_cls_idx(str(class_file))[1] for k, (mod, _) in refs.items()}
     assert q2cs["sclip"] == q2cs["naclip"] == q2cs["clearclip"], q2cs
     q2c = q2cs["sclip"]
 
     gen = torch.Generator().manual_seed(7)
     embed = sd["text_projection"].shape[1]
     # unit queries around a shared direction: flat enough softmaxes for the thresholds to bite
-    queries = F.normalize(torch.randn(1, embed, generator=gen) + 0.25 * torch.randn(len(q2c), embed, generator=gen),
-                          dim=-1)
+    base = torch.randn(1, embed, generator=gen)
+    queries = F.normalize(base + 0.25 * torch.randn(len(q2c), embed, generator=gen), dim=-1)
     # small: 171 x 230 network input (crops of 171 rows: pos-embed resized, remainder or padding),
     # original size 200 x 270 (upsampled). full: VOC's 500x375 after the configs' resize.
     if args.full:
@@ -336,7 +360,8 @@ def main() -> None:
 
     out: dict[str, torch.Tensor] = {}
     for run, (which, settings, *_rest) in runs(args.full).items():
-        logits, labels = reference_run(refs, which, settings, normalise(images[which]), ori, class_file, queries)
+        x = normalise(images[which])
+        logits, labels = reference_run(refs, which, settings, x, ori, class_file, queries)
         out[f"{run}.logits"], out[f"{run}.labels"] = logits, labels
         counts = torch.bincount(labels.flatten(), minlength=len(CLASS_LINES)).tolist()
         print(f"{run}: logits {tuple(logits.shape)} labels per class {counts}")

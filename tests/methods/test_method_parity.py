@@ -115,3 +115,27 @@ def test_presets_used_here_are_the_methods_own():
     """The parity runs use the registered presets (only the window size differs for ClearCLIP)."""
     assert get_method("naclip").resolve("voc21-v1").refiners == get_method("naclip").recipe.refiners
     assert get_method("clearclip").resolve("voc21").protocol.pad_to_patch
+
+
+def test_padding_is_clearclips_compute_padsize():
+    """inference._pad_to_multiple pads as ClearCLIP's compute_padsize (clearclip_segmentor.py:
+    246-258): remainder r -> patch - r split left = half (floor), right = the rest; zeros in
+    normalised space; the logits are cropped back at [top:top+H, left:left+W]."""
+    from ovss.inference import _pad_to_multiple
+
+    def compute_padsize(h, w, patch):  # the reference's rule, restated
+        l = r = t = b = 0
+        if w % patch:
+            lr = patch - w % patch
+            l, r = lr // 2, lr - lr // 2
+        if h % patch:
+            tb = patch - h % patch
+            t, b = tb // 2, tb - tb // 2
+        return l, r, t, b
+
+    for h in range(16, 50):
+        for w in (16, 17, 31, 33, 47):
+            x = torch.randn(1, 3, h, w)
+            y, pad = _pad_to_multiple(x, 16)
+            assert pad == compute_padsize(h, w, 16)
+            assert torch.equal(y, torch.nn.functional.pad(x, pad))

@@ -8,6 +8,7 @@ ad68a40, NACLIP 0cac3a6 (v2); NACLIP v1 rows at 8865082 and cbb720d.
 from pathlib import Path
 
 import pytest
+import torch
 
 import ovss
 from ovss.attention import AttentionRule
@@ -18,15 +19,17 @@ from ovss.refine.pamr import PAMR
 from ovss.text_bank import parse_classes
 
 CLASSNAMES = Path(ovss.__file__).parent / "data" / "classnames"
-DATASETS = ["voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff171", "cityscapes", "ade20k"]
+DATASETS = ["voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff171", "cityscapes",
+            "ade20k"]
 NAMES = {"voc21": "voc21", "context60": "context60", "coco-object": "coco_object", "voc20": "voc20",
-         "context59": "context59", "coco-stuff171": "coco_stuff", "cityscapes": "city_scapes", "ade20k": "ade20k"}
+         "context59": "context59", "coco-stuff171": "coco_stuff", "cityscapes": "city_scapes",
+         "ade20k": "ade20k"}  # the reference file names: cls_<name>.txt
 BACKGROUND = {"voc21", "context60", "coco-object"}
 
 # Columns: short side (= long cap 2048 everywhere: Resize scale=(2048, short)), crop, stride,
 # logit_scale, prob_thd, area_thd.
 SCLIP = {  # segmentor defaults: clip_segmentor.py:20-21 (crop 224, stride 112, scale 40, prob 0, area None)
-    "voc21": (336, 224, 112, 65.0, 0.1, 0.1),  # cfg_voc21.py:17 Resize; :6 logit_scale; :7 prob_thd; :8 area_thd
+    "voc21": (336, 224, 112, 65.0, 0.1, 0.1),  # cfg_voc21.py:17 Resize; :6 logit_scale; :7 prob; :8 area
     "context60": (336, 224, 112, 50.0, 0.1, None),  # cfg_context60.py:16; :6; :7
     "coco-object": (336, 224, 112, 50.0, 0.1, None),  # cfg_coco_object.py:16; :6; :7
     "voc20": (336, 224, 112, 40.0, 0.0, None),  # cfg_voc20.py:14
@@ -42,7 +45,7 @@ CLEARCLIP = {  # segmentor defaults: clearclip_segmentor.py:23 (crop 448, stride
     "voc20": (448, 448, 224, 50.0, 0.0, None),  # cfg_voc20.py:14
     "context59": (448, 448, 224, 50.0, 0.0, None),  # cfg_context59.py:14
     "coco-stuff171": (448, 448, 224, 50.0, 0.0, None),  # cfg_coco_stuff164k.py:14
-    "cityscapes": (448, 224, 224, 50.0, 0.0, None),  # cfg_city_scapes.py:15; :6 slide_crop=224 (stride stays 224)
+    "cityscapes": (448, 224, 224, 50.0, 0.0, None),  # cfg_city_scapes.py:15; :6 slide_crop=224, stride 224
     "ade20k": (448, 448, 224, 50.0, 0.0, None),  # cfg_ade20k.py:14
 }
 NACLIP = {  # segmentor defaults: naclip.py:21-22 (PAMR 10 x (8, 16), crop 224, stride 112, scale 40, prob 0)
@@ -59,7 +62,8 @@ NACLIP_EXTRA = {  # the code history and the paper's no-post-processing protocol
     "voc21-v1": (336, 224, 112, 40.0, 0.1, None, True),  # cfg_voc21.py@8865082:6 prob_thd, :15 Resize
     "voc20-v1": (336, 224, 112, 40.0, 0.0, None, True),  # cfg_voc20.py@8865082:14
     "coco-stuff171-v1": (448, 224, 112, 40.0, 0.0, None, True),  # cfg_coco_stuff164k.py@8865082:14
-    "voc21-v1-nopamr": (336, 224, 112, 40.0, 0.1, 0.1, False),  # cfg_voc21.py@cbb720d:6-7; naclip.py@cbb720d:154
+    # cfg_voc21.py@cbb720d:6-7 (prob_thd, area_thd); naclip.py@cbb720d:154 (area rule only without PAMR)
+    "voc21-v1-nopamr": (336, 224, 112, 40.0, 0.1, 0.1, False),
     "voc21-nopamr": (336, 0, 112, 40.0, 0.1, None, False),  # eval.py:54-55 --pamr off
     "ade20k-nopamr": (336, 224, 112, 40.0, 0.0, None, False),
 }
@@ -167,7 +171,8 @@ def test_resize_and_window_grid(key):
     size, grid, first, last = VOC_500x375[key]
     p = get_method(method).resolve(preset).protocol
     h, w = SIZES[preset]
-    assert resized_size(h, w, p.short_side, p.long_cap) == size == _mmcv_rescale(h, w, (p.long_cap, p.short_side))
+    assert resized_size(h, w, p.short_side, p.long_cap) == size
+    assert _mmcv_rescale(h, w, (p.long_cap, p.short_side)) == size
     boxes = window_boxes(*size, p.crop, p.stride)
     assert len(boxes) == grid[0] * grid[1]
     assert boxes[0] == first and boxes[-1] == last
@@ -187,10 +192,18 @@ def test_class_files_parse(folder, name):
               "coco_stuff": 171, "city_scapes": 19, "ade20k": 150}
     assert len(lines) == counts[name[4:-4]]  # no trailing newline in any of them
     if (folder, name) == ("sclip", "cls_coco_object.txt"):
-        # 'bed' is one of class 0's stuff words and class 60 (line 61): the reference lets the tie go
-        # to class 0, ovss refuses a name in two classes
+        # 'bed' is one of class 0's stuff words and class 60 (line 61): a user's list like that is
+        # refused, the preset reads it as the reference does and the tie goes to class 0
         with pytest.raises(ValueError, match="bed"):
             parse_classes(path)
+        spec = parse_classes(path, allow_duplicates=True)
+        assert spec.synonyms[0].count("bed") == 1 and spec.synonyms[60] == ("bed",)
+        probs = torch.zeros(len(spec.queries), 1, 1)
+        probs[[q for q, c in enumerate(spec.query_to_class) if spec.queries[q] == "bed"]] = 5.0
+        from ovss.inference import class_probabilities
+
+        labels = class_probabilities(probs, spec.query_to_class, len(spec), 1.0).argmax(0)
+        assert labels.item() == 0
         return
     spec = parse_classes(path)
     assert len(spec) == len(lines)
@@ -201,7 +214,11 @@ def test_class_files_parse(folder, name):
 def test_preset_classes_from_load(tiny_clip_dir):
     seg = ovss.load("naclip", backbone=str(tiny_clip_dir / "model.safetensors"), preset="voc21", device="cpu")
     assert seg.preset_classes == str(CLASSNAMES / "sclip" / "cls_voc21.txt")
-    assert ovss.load("naclip", backbone=str(tiny_clip_dir / "model.safetensors"), device="cpu").preset_classes is None
+    assert seg.preset_class_spec().background and len(seg.preset_class_spec()) == 21
+    seg = ovss.load("sclip", backbone=str(tiny_clip_dir / "model.safetensors"), preset="coco-object", device="cpu")
+    assert len(seg.preset_class_spec()) == 81
+    seg = ovss.load("naclip", backbone=str(tiny_clip_dir / "model.safetensors"), device="cpu")
+    assert seg.preset_classes is None
 
 
 def test_cli_segment_uses_the_preset_class_file(tiny_clip_dir, tmp_path, capsys):

@@ -108,7 +108,8 @@ register_method(MethodSpec(
         refiners=(),
     ),
     summary="q-q attention in the last block with its residual and FFN removed",
-    paper="Lan et al. ClearCLIP: Decomposing CLIP Representations for Dense Vision-Language Inference. ECCV 2024",
+    paper="Lan et al. ClearCLIP: Decomposing CLIP Representations for Dense Vision-Language Inference. "
+    "ECCV 2024",
     code="mc-lan/ClearCLIP@ad68a404d55d48d27330b93554eb64a234ff717f",
     presets=PRESETS,
     notes=__doc__,

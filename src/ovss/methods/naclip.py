@@ -93,9 +93,10 @@ _WHOLE = "Whole image (slide_crop=0) since v2 (2024-09-16); the v1 code used 224
 # name -> keyword arguments of _preset, v2 (current) configs
 _V2 = {
     "voc21": dict(cfg="voc21", resize_line=16, short=336, classes="cls_voc21.txt", background=True,
-                  extra={"decision.prob_thd": (0.1, 6), "protocol.crop": (0, 7)}, note=_WHOLE.format("voc21")),
-    "context60": dict(cfg="context60", resize_line=15, short=336, classes="cls_context60.txt", background=True,
-                      extra={"decision.prob_thd": (0.1, 6)}),
+                  extra={"decision.prob_thd": (0.1, 6), "protocol.crop": (0, 7)},
+                  note=_WHOLE.format("voc21")),
+    "context60": dict(cfg="context60", resize_line=15, short=336, classes="cls_context60.txt",
+                      background=True, extra={"decision.prob_thd": (0.1, 6)}),
     "coco-object": dict(cfg="coco_object", resize_line=15, short=336, classes="cls_coco_object.txt",
                         background=True, extra={"decision.prob_thd": (0.1, 6)}, note=_BED),
     "voc20": dict(cfg="voc20", resize_line=15, short=336, classes="cls_voc20.txt",
@@ -133,8 +134,8 @@ def _presets() -> dict[str, Preset]:
         cfg="voc21", resize_line=16, short=336, classes="cls_voc21.txt", background=True, commit=_V0,
         extra={"decision.prob_thd": (0.1, 6), "decision.area_thd": (0.1, 7)}, pamr=False,
         note="First release (2024-04-12): 224/112 windows, and with PAMR off the area rule "
-        f"area_thd=0.1 (naclip.py:154@{_V0[:7]}, applied only without PAMR), as behind the paper's "
-        "no-post-processing VOC21 number (58.9) as far as the code history shows.")
+        f"area_thd=0.1 (naclip.py:154@{_V0[:7]}, applied only without PAMR). Most likely the protocol "
+        "of the paper's no-post-processing VOC21 number (58.9), released with this code; unconfirmed.")
     return out
 
 

@@ -98,8 +98,10 @@ register_method(MethodSpec(
         pos_resize="scale_factor",
         refiners=(),
     ),
-    summary="correlative self-attention (q-q + k-k softmaxes, summed) in the last block; residual and FFN kept",
-    paper="Wang, Mei, Yuille. SCLIP: Rethinking Self-Attention for Dense Vision-Language Inference. ECCV 2024",
+    summary="correlative self-attention (q-q + k-k softmaxes, summed) in the last block; "
+    "residual and FFN kept",
+    paper="Wang, Mei, Yuille. SCLIP: Rethinking Self-Attention for Dense Vision-Language Inference. "
+    "ECCV 2024",
     code="wangf3014/SCLIP@b56bd3014b9e8a3ee3450bcfc53700a67d627b7a",
     presets=PRESETS,
     notes=__doc__,
