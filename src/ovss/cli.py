@@ -268,8 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted; finished images are kept and skipped on the next run", file=sys.stderr)
+        print("interrupted; finished work is kept and skipped on the next run", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except (FileNotFoundError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"ovss {args.command}: error: {msg}", file=sys.stderr)
