@@ -16,7 +16,6 @@ def test_class_forms_agree(tmp_path):
         "sky|cloud, person|man, cat",
         "sky | cloud,person|man,\ncat",
         f,
-        str(f),
         {"sky": ["cloud"], "person": ["person", "man"], "cat": []},
     ]
     specs = [parse_classes(x) for x in forms]
@@ -45,7 +44,13 @@ def test_bad_class_lists(bad, match):
 
 def test_missing_class_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        parse_classes(str(tmp_path / "nope.txt"))
+        parse_classes(tmp_path / "nope.txt")
+
+
+def test_a_string_is_never_read_as_a_file(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    assert parse_classes(str(secret)).names == [str(secret)]
 
 
 def test_templates():

@@ -4,6 +4,18 @@ Training-free methods differ mostly here. A rule is a sum of softmax-normalised 
 matrices built from the block's own projections (q-k is CLIP's; q-q, k-k, v-v are the
 "self-self" variants of SCLIP/ClearCLIP/NACLIP), optionally with an additive prior on the logits
 (NACLIP's Gaussian neighbourhood), or the identity (MaskCLIP's value path).
+
+Matrices from outside the block enter through `Mix` (`attend(..., mixes=...)`), at one of three
+places of the same computation:
+    for each term t:  L_t = s * (a_t @ b_t^T)                      (t = qq, kk, ...)
+                      L_t = scale * ((1 - weight) * L_t + weight * M)   for each "logits" mix M
+                      A  += softmax(L_t + prior)
+    for each "term" mix M:  A += weight * softmax(M)                (M: logits, -inf masks)
+    A /= number of terms                                            (rule.combine == "mean")
+    for each "attn" mix M:  A = scale * ((1 - weight) * A + weight * M)
+e.g. ResCLIP's semantic-feedback prior ("logits") and its middle-layer attention ("attn"),
+SC-CLIP's middle-layer similarity ("term", with combine="mean"), or another model's patch
+affinity such as ProxyCLIP's DINO similarity ("term").
 """
 
 from __future__ import annotations
@@ -26,11 +38,14 @@ class AttentionRule:
     prior: None or "gaussian": exp(-|p_i - p_j|^2 / (2 std^2)) over patch positions, added to
         every term's logits before the softmax, unscaled, zero on the class-token row/column.
     prior_std: the Gaussian's std in patches.
+    combine: "sum" (rows of the summed softmaxes sum to the number of terms, as SCLIP) or "mean"
+        (divided by the number of terms, external "term" mixes included, as SC-CLIP).
     """
 
     terms: tuple[str, ...] = ("qk",)
     prior: str | None = None
     prior_std: float = 5.0
+    combine: str = "sum"
 
     def __post_init__(self) -> None:
         bad = [t for t in self.terms if t not in _TERMS]
@@ -40,24 +55,54 @@ class AttentionRule:
             raise ValueError("identity attention ('id') cannot be combined with other terms")
         if self.prior not in (None, "gaussian"):
             raise ValueError(f"unknown attention prior {self.prior!r}; choose None or 'gaussian'")
+        if self.combine not in ("sum", "mean"):
+            raise ValueError(f"unknown attention combine {self.combine!r}; choose 'sum' or 'mean'")
 
     @classmethod
     def parse(cls, text: str) -> "AttentionRule":
-        """'qq+kk', 'kk+gaussian:5', 'id', 'qk' -> a rule (for the CLI and quick recipes)."""
+        """'qq+kk', 'kk+gaussian:5', 'id', 'qk', 'kk+mean' -> a rule (for the CLI and quick recipes)."""
         parts = [p.strip() for p in text.replace(" ", "").split("+") if p.strip()]
-        terms, prior, std = [], None, 5.0
+        terms, prior, std, combine = [], None, 5.0, "sum"
         for p in parts:
             if p.startswith("gaussian"):
                 prior = "gaussian"
                 if ":" in p:
                     std = float(p.split(":", 1)[1])
+            elif p == "mean":
+                combine = "mean"
             else:
                 terms.append(p)
-        return cls(tuple(terms), prior, std)
+        return cls(tuple(terms), prior, std, combine)
 
     def __str__(self) -> str:
         s = "+".join(self.terms)
-        return s + (f"+gaussian:{self.prior_std:g}" if self.prior else "")
+        s += f"+gaussian:{self.prior_std:g}" if self.prior else ""
+        return s + ("+mean" if self.combine == "mean" else "")
+
+
+_WHERE = ("logits", "term", "attn")
+
+
+@dataclass(frozen=True, eq=False)
+class Mix:
+    """A matrix from outside the block mixed into an attention rule (see the module docstring).
+
+    matrix: broadcastable to (B, heads, N, N) over the block's N tokens, in any float dtype
+        (a "logits" mix keeps its dtype for `weight * matrix`, as ResCLIP's half-precision prior).
+    where: "logits" (into every term's logits, before the prior and the softmax), "term" (its
+        softmax is one more summed term) or "attn" (into the combined attention).
+    weight, scale: "logits"/"attn": scale * ((1 - weight) * X + weight * matrix); "term": the
+        softmax is multiplied by `weight` (scale unused).
+    """
+
+    matrix: torch.Tensor
+    where: str
+    weight: float = 1.0
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.where not in _WHERE:
+            raise ValueError(f"unknown mix place {self.where!r}; choose from {_WHERE}")
 
 
 @lru_cache(maxsize=32)
@@ -79,20 +124,46 @@ def attention_prior(rule: AttentionRule, grid: tuple[int, int]) -> torch.Tensor 
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rule: AttentionRule,
-           grid: tuple[int, int]) -> torch.Tensor:
+           grid: tuple[int, int], mixes: tuple[Mix, ...] | list[Mix] = ()) -> torch.Tensor:
     """Mix values with a rule. q, k, v: (B, heads, N, d_h) -> (B, heads, N, d_h)."""
+    return attention_weights(q, k, rule, grid, mixes, v=v) @ v if rule.terms != ("id",) or mixes else v
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, rule: AttentionRule, grid: tuple[int, int],
+                      mixes: tuple[Mix, ...] | list[Mix] = (), v: torch.Tensor | None = None) -> torch.Tensor:
+    """The (B, heads, N, N) attention of `rule` with `mixes` (v is needed for a "vv" term only).
+
+    The rule's Gaussian prior assumes a class token first (N = 1 + h*w)."""
     if rule.terms == ("id",):
-        return v
+        if mixes:
+            raise ValueError("identity attention ('id') takes no mixes")
+        n = q.shape[-2]
+        return torch.eye(n, dtype=q.dtype, device=q.device).expand(*q.shape[:-2], n, n)
     scale = 1.0 / math.sqrt(q.shape[-1])
     src = {"q": q, "k": k, "v": v}
     prior = attention_prior(rule, grid)
     if prior is not None:
         prior = prior.to(device=q.device, dtype=q.dtype)
-    attn = None
+    pre = [m for m in mixes if m.where == "logits"]
+    attn, count = None, 0
+    for m in mixes:  # external terms first (SC-CLIP's order)
+        if m.where == "term":
+            a = m.matrix.softmax(dim=-1)
+            a = a if m.weight == 1.0 else a * m.weight
+            attn = a if attn is None else attn + a
+            count += 1
     for term in rule.terms:
         logits = (src[term[0]] @ src[term[1]].transpose(-2, -1)) * scale
+        for m in pre:
+            logits = m.scale * ((1 - m.weight) * logits + m.weight * m.matrix)
         if prior is not None:
             logits = logits + prior
         a = logits.softmax(dim=-1)
         attn = a if attn is None else attn + a
-    return attn @ v
+        count += 1
+    if rule.combine == "mean" and count > 1:
+        attn = attn / count
+    for m in mixes:
+        if m.where == "attn":
+            attn = m.scale * ((1 - m.weight) * attn + m.weight * m.matrix)
+    return attn

@@ -125,7 +125,7 @@ def _eval_one(args: argparse.Namespace, method_name: str, dataset, out: Path):
                     overrides=overrides, tokenizer=args.tokenizer, cache_dir=args.cache_dir)
     classes, background = None, bool(getattr(dataset, "background", False))
     if args.classes_file:
-        classes = args.classes_file
+        classes = Path(args.classes_file)
     elif seg.preset_class_spec() is not None:
         classes = seg.preset_class_spec()
         background = classes.background
@@ -255,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.prepare import add_prepare_parser
 
     add_prepare_parser(sub)
+    from .demo import add_demo_parser
+    from .serve import add_serve_parser
+
+    add_demo_parser(sub)
+    add_serve_parser(sub)
 
     d = sub.add_parser("download", help="fetch a backbone's weights ahead, for offline use")
     d.add_argument("names", nargs="+")

@@ -3,18 +3,36 @@
 Every CLIP-only training-free method reads patch embeddings out of the last block; what differs
 is the rule that mixes tokens (`attention.AttentionRule`) and which parts of the block are kept
 (`Surgery`). The output is L2-normalised patch embeddings in the text space.
+
+Head plug-ins (`Recipe.plugins`) extend this one pass without forking it. A plug-in is a frozen
+dataclass (its settings) with
+    taps(n_blocks) -> {name: backbones.vit.Tap}     what it needs from the backbone's one pass
+and one of
+    mixes(ctx, mixes) -> [attention.Mix, ...]       matrices it adds to the last block's rule,
+                                                    given those of the plug-ins before it (it may
+                                                    run a first pass with them: ctx.features)
+    readout(ctx, mixes) -> (B, h*w, C)              its own last-block readout (normalised)
+and optionally
+    adjust_logits(ctx, logits) -> logits             a change of the (B, Q, h, w) patch logits
+                                                    (e.g. CLIPtrase's class-token prior)
+Plug-ins run in order; e.g. ResCLIP = (RCS, SFR): SFR's first pass already has RCS's mix.
+`PassContext` is what they see: the crops, the backbone's output with the taps, the rule, the
+surgery and the text queries. Plug-ins register by name in `PLUGINS` ("rcs", "sfr", ...), so
+recipes, presets and `--set plugins=rcs+sfr:weight=0.6` name them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from .attention import AttentionRule, attend
+from ._registry import Registry
+from .attention import AttentionRule, Mix, attend
 from .backbones.transformer import Block
-from .backbones.vit import VisionTransformer
+from .backbones.vit import Tap, VisionTransformer, ViTTokens
 
 
 @dataclass(frozen=True)
@@ -34,10 +52,10 @@ class Surgery:
 
 
 def last_block(block: Block, x: torch.Tensor, rule: AttentionRule, surgery: Surgery,
-               grid: tuple[int, int]) -> torch.Tensor:
-    """Run `block` on tokens x (B, 1 + h*w, D) with `rule` and `surgery`."""
+               grid: tuple[int, int], mixes: tuple[Mix, ...] | list[Mix] = ()) -> torch.Tensor:
+    """Run `block` on tokens x (B, N, D) with `rule`, `surgery` and external `mixes`."""
     q, k, v = block.attn.qkv(block.ln_1(x))
-    y = block.attn.merge(attend(q, k, v, rule, grid))
+    y = block.attn.merge(attend(q, k, v, rule, grid, mixes))
     if surgery.residual:
         y = x + y
     if surgery.ffn:
@@ -45,22 +63,153 @@ def last_block(block: Block, x: torch.Tensor, rule: AttentionRule, surgery: Surg
     return y
 
 
+@dataclass
+class PassContext:
+    """What head plug-ins see for one batch of crops."""
+
+    visual: VisionTransformer
+    images: torch.Tensor  # (B, 3, H, W) normalised crops
+    out: ViTTokens  # the backbone's one pass: last-block input, grid, taps
+    rule: AttentionRule
+    surgery: Surgery
+    queries: torch.Tensor | None = None  # (Q, C) normalised text queries, when the caller has them
+    cache: dict[str, Any] = field(default_factory=dict)  # plug-ins may leave results here
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.out.grid
+
+    def run(self, mixes=(), tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The last block on `tokens` (default: the backbone's last-block input) -> (B, N, D)."""
+        x = self.out.tokens if tokens is None else tokens
+        return last_block(self.visual.blocks[-1], x, self.rule, self.surgery, self.grid, mixes)
+
+    def features(self, mixes=()) -> torch.Tensor:
+        """L2-normalised patch embeddings (B, h*w, C) of one last-block pass with `mixes`; the
+        normalised class-token embedding of that pass is left in `cache["cls"]` (B, C)."""
+        feats = F.normalize(self.visual.project(self.run(mixes)), dim=-1)
+        self.cache["cls"] = feats[:, 0]
+        return feats[:, 1:]
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, h*w, C) normalised features -> cosine patch logits (B, Q, h, w) against the queries."""
+        if self.queries is None:
+            raise ValueError("this head plug-in needs the text queries")
+        h, w = self.grid
+        lg = feats @ self.queries.to(feats.dtype).T
+        return lg.transpose(1, 2).reshape(feats.shape[0], -1, h, w)
+
+
+# name -> plug-in constructor taking keyword settings ("rcs", "sfr:weight=0.6", ...)
+PLUGINS: Registry[Callable[..., Any]] = Registry("head plug-in")
+
+
+def _register_builtin_plugins() -> None:
+    from . import cls_prior, feedback, rcs, selfcal  # noqa: F401  (registration side effects)
+
+
+def parse_plugins(value: Any) -> tuple:
+    """'rcs+sfr:weight=0.6,scale=2.1' (or a list of such strings / plug-in objects) -> a tuple."""
+    from .refine import parse_refiner  # the same "name:key=value,key=a|b" syntax
+
+    _register_builtin_plugins()
+    if isinstance(value, str):
+        items = [v for v in value.replace(" ", "").split("+") if v]
+    else:
+        items = list(value)
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            out.append(item)
+            continue
+        out.append(parse_refiner(item, registry=PLUGINS))
+    return tuple(out)
+
+
+def plugin_spec(plugin: Any) -> str:
+    """A registered plug-in -> its 'name:key=value,...' string (every field), which
+    `parse_plugins` reads back to an equal plug-in; presets store plug-ins this way."""
+    import dataclasses
+
+    _register_builtin_plugins()
+    name = next((n for n in PLUGINS if PLUGINS.get(n) is type(plugin)), None)
+    if name is None:
+        raise ValueError(f"{type(plugin).__name__} is not a registered head plug-in")
+
+    def fmt(v):
+        if isinstance(v, tuple):
+            return "|".join(map(str, v))  # a 1-tuple prints as its item; plug-ins accept both
+        return str(v)
+
+    args = ",".join(f"{f.name}={fmt(getattr(plugin, f.name))}" for f in dataclasses.fields(plugin))
+    return f"{name}:{args}" if args else name
+
+
+def plugin_taps(plugins, n_blocks: int) -> dict[str, Tap]:
+    taps: dict[str, Tap] = {}
+    for p in plugins:
+        for name, tap in (p.taps(n_blocks) if hasattr(p, "taps") else {}).items():
+            if name in taps and taps[name] != tap:
+                raise ValueError(f"head plug-ins ask for two different taps named {name!r}")
+            taps[name] = tap
+    return taps
+
+
+def pass_context(visual: VisionTransformer, images: torch.Tensor, rule: AttentionRule, surgery: Surgery,
+                 pos_resize: str | None = None, plugins=(), queries: torch.Tensor | None = None,
+                 extra_taps: dict[str, Tap] | None = None) -> PassContext:
+    """The backbone's one pass with every plug-in's taps (and `extra_taps`), as a `PassContext`."""
+    taps = plugin_taps(plugins, len(visual.blocks))
+    for name, tap in (extra_taps or {}).items():
+        if name in taps and taps[name] != tap:
+            raise ValueError(f"two different taps named {name!r}")
+        taps[name] = tap
+    out = visual.forward_tokens(images, pos_resize=pos_resize, taps=taps)
+    return PassContext(visual, images, out, rule, surgery, queries)
+
+
+def run_plugins(ctx: PassContext, plugins=()) -> torch.Tensor:
+    """Every plug-in's mixes in order, then the readout -> normalised (B, h*w, C)."""
+    mixes: list[Mix] = []
+    readers = [p for p in plugins if hasattr(p, "readout")]
+    if len(readers) > 1:
+        raise ValueError(f"two head plug-ins replace the readout: {readers}")
+    for p in plugins:
+        if hasattr(p, "mixes"):
+            mixes = mixes + list(p.mixes(ctx, tuple(mixes)))
+    if readers:
+        return readers[0].readout(ctx, tuple(mixes))
+    return ctx.features(mixes)
+
+
 def dense_embeddings(visual: VisionTransformer, images: torch.Tensor, rule: AttentionRule,
-                     surgery: Surgery, pos_resize: str | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+                     surgery: Surgery, pos_resize: str | None = None, plugins=(),
+                     queries: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """Normalised images (B, 3, H, W) -> L2-normalised patch embeddings (B, h*w, C) and (h, w).
 
-    Blocks 0..L-2 run untouched; the last block uses `rule`/`surgery`; ln_post and the
+    Blocks 0..L-2 run untouched (handing back the plug-ins' taps); the last block uses
+    `rule`/`surgery` and the plug-ins' mixes (or a plug-in's own readout); ln_post and the
     projection are applied to every token and the class token is dropped afterwards.
     """
-    out = visual.forward_tokens(images, pos_resize=pos_resize)
-    y = last_block(visual.blocks[-1], out.tokens, rule, surgery, out.grid)
-    feats = visual.project(y)[:, 1:]
-    return F.normalize(feats, dim=-1), out.grid
+    ctx = pass_context(visual, images, rule, surgery, pos_resize, plugins, queries)
+    return run_plugins(ctx, plugins), ctx.grid
 
 
 def patch_logits(visual: VisionTransformer, images: torch.Tensor, queries: torch.Tensor,
-                 rule: AttentionRule, surgery: Surgery, pos_resize: str | None = None) -> torch.Tensor:
-    """Cosine patch-to-query similarity: (B, 3, H, W), (Q, C) normalised -> (B, Q, h, w)."""
-    feats, (h, w) = dense_embeddings(visual, images, rule, surgery, pos_resize)
-    logits = feats @ queries.to(feats.dtype).T
-    return logits.transpose(1, 2).reshape(images.shape[0], -1, h, w)
+                 rule: AttentionRule, surgery: Surgery, pos_resize: str | None = None,
+                 plugins=(), extra_taps: dict[str, Tap] | None = None, cache: dict | None = None) -> torch.Tensor:
+    """Cosine patch-to-query similarity: (B, 3, H, W), (Q, C) normalised -> (B, Q, h, w).
+
+    extra_taps: more backbone taps for the same pass; their values (and the patch grid) are put
+        in `cache` ({"taps": {...}, "grid": (h, w)}) for the caller, e.g. a refiner's features.
+    """
+    ctx = pass_context(visual, images, rule, surgery, pos_resize, plugins, queries, extra_taps)
+    feats = run_plugins(ctx, plugins)
+    logits = ctx.logits(feats)
+    for p in plugins:
+        if hasattr(p, "adjust_logits"):
+            logits = p.adjust_logits(ctx, logits)
+    if cache is not None:
+        cache["taps"] = {k: ctx.out.taps[k] for k in (extra_taps or {})}
+        cache["grid"] = ctx.grid
+    return logits

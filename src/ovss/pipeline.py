@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -18,6 +19,7 @@ from .inference import (
     slide_logits,
     upsample,
     upsample_rows,
+    window_boxes,
 )
 from .methods import MethodSpec, Recipe, get_method
 from .result import Result
@@ -97,16 +99,22 @@ class Segmenter:
         path = self.preset_classes
         if path is None:
             return None
-        return parse_classes(path, background=self.method.presets[self.preset].background,
+        return parse_classes(Path(path), background=self.method.presets[self.preset].background,
                              allow_duplicates=True)
 
     # ---- the lower-level calls -------------------------------------------------------------
     @torch.no_grad()
-    def patch_logits(self, images: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """Normalised images (B, 3, H, W), normalised queries (Q, C) -> cosine (B, Q, h, w)."""
+    def patch_logits(self, images: torch.Tensor, queries: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """Normalised images (B, 3, H, W), normalised queries (Q, C) -> cosine (B, Q, h, w).
+        With `cache`, the refiners' backbone taps of this pass are left there."""
         r = self.recipe
+        taps = {}
+        if cache is not None:
+            for refiner in r.refiners:
+                taps.update(refiner.taps() if hasattr(refiner, "taps") else {})
         return patch_logits(self.visual, images.to(self.device), queries.to(self.device),
-                            r.attention, r.surgery, r.pos_resize)
+                            r.attention, r.surgery, r.pos_resize, r.plugins, taps or None,
+                            cache if taps else None)
 
     @torch.no_grad()
     def stitched_logits(self, image: Any, spec: ClassSpec) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
@@ -117,19 +125,39 @@ class Segmenter:
         rgb = read_image(image)
         x = preprocess(rgb, self.recipe.protocol, self.device)
         queries = self.text_bank.encode(spec).to(self.device)
-        logits = slide_logits(x, lambda crops: self.patch_logits(crops, queries), self.recipe.protocol,
-                              self.visual.patch_size)
+        p = self.recipe.protocol
+        whole = len(window_boxes(x.shape[-2], x.shape[-1], p.crop, p.stride)) == 1 and not (
+            p.pad_to_patch and (x.shape[-2] % self.visual.patch_size or x.shape[-1] % self.visual.patch_size))
+        cache: dict = {}
+        logits = slide_logits(x, lambda crops: self.patch_logits(crops, queries, cache if whole else None),
+                              p, self.visual.patch_size)
+        cache["x"] = x
+        self._refine_cache = cache  # the readout's features of the whole image, for refiners
         return logits, rgb, x
 
-    def refine(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def refine(self, logits: torch.Tensor, x: torch.Tensor, spec: ClassSpec | None = None) -> torch.Tensor:
         """Apply the recipe's pixel refiners to (Q, H, W) logits; the guide is the network
-        input resized to (H, W), as SCLIP and NACLIP feed PAMR."""
+        input resized to (H, W), as SCLIP and NACLIP feed PAMR. Refiners that need context
+        (`needs_context`) also get a `refine.RefineContext` (the class list's query map, the
+        backbone's features of the whole input `x`)."""
         if not self.recipe.refiners:
             return logits
         guide = upsample(x[0], tuple(logits.shape[-2:]))[None]
         out = logits[None]
+        context = None
         for refiner in self.recipe.refiners:
-            out = refiner(out, guide)
+            if getattr(refiner, "needs_context", False):
+                if context is None:
+                    from .refine import RefineContext
+
+                    cache = getattr(self, "_refine_cache", None)
+                    if cache is None or cache.get("x") is not x:
+                        cache = {}  # features left by another image's pass are not this one's
+                    context = RefineContext(self.visual, x, spec.query_to_class if spec else None,
+                                            len(spec) if spec else None, cache, self.recipe.pos_resize)
+                out = refiner(out, guide, context=context)
+            else:
+                out = refiner(out, guide)
         return out[0]
 
     @torch.no_grad()
@@ -140,7 +168,7 @@ class Segmenter:
         spec = parse_classes(classes)
         low, rgb, x = self.stitched_logits(image, spec)
         full = upsample(low, rgb.shape[:2])
-        return self.refine(full, x) if refine else full
+        return self.refine(full, x, spec) if refine else full
 
     # ---- the full call ---------------------------------------------------------------------
     @torch.no_grad()
@@ -149,14 +177,14 @@ class Segmenter:
         """Segment one image. `classes` in any form `text_bank.parse_classes` takes."""
         spec = parse_classes(classes, background)
         low, rgb, x = self.stitched_logits(image, spec)
-        labels, probs, mean_scores, full = self._decide(low, x, rgb.shape[:2], spec)
+        labels, probs, mean_scores, full, assigned = self._decide(low, x, rgb.shape[:2], spec)
         names = spec.names
         d = self.recipe.decision
         if d.prob_thd > 0 and not spec.background:
             # Under-threshold pixels need a class of their own: add one, as class 0.
             names = ["background", *names]
             labels = labels + 1
-            labels[~self._assigned] = 0
+            labels[~assigned] = 0
             probs = np.concatenate([np.zeros_like(probs[:1]), probs])
             mean_scores = [float("nan"), *mean_scores]
         from .viz import palette_for
@@ -181,18 +209,18 @@ class Segmenter:
         dd = d if thd_bg else type(d)(d.logit_scale, 0.0, d.area_thd)
         h, w = size
         if low.shape[0] * h * w <= FULL_SIZE_BUDGET:
-            logits = self.refine(upsample(low, size), x)
+            logits = self.refine(upsample(low, size), x, spec)
             probs = class_probabilities(logits, q2c, nc, d.logit_scale)
             labels, probs = decide(probs, dd)
             best = probs.amax(0)
-            self._assigned = (best >= d.prob_thd).cpu().numpy()
+            assigned = (best >= d.prob_thd).cpu().numpy()
             probs_np = probs.float().cpu().numpy()
             lab = labels.cpu().numpy()
             means = [float(probs_np[c][lab == c].mean()) if (lab == c).any() else float("nan")
                      for c in range(nc)]
-            return lab, probs_np, means, True
+            return lab, probs_np, means, True, assigned
         # Over the budget, pixel refiners run at the network resolution instead (documented).
-        return self._decide_banded(self.refine(low, x), size, spec, dd)
+        return self._decide_banded(self.refine(low, x, spec), size, spec, dd)
 
     def _decide_banded(self, low, size, spec, dd):
         d = self.recipe.decision
@@ -222,12 +250,11 @@ class Segmenter:
             sel = p.gather(0, lab[None])[0]
             sums += torch.zeros(nc, dtype=torch.float64).index_add_(0, lab.flatten().cpu(), sel.flatten().double().cpu()).numpy()
             cnts += np.bincount(lab.flatten().cpu().numpy(), minlength=nc)
-        self._assigned = assigned
         probs_low = class_probabilities(low, q2c, nc, d.logit_scale)
         if keep is not None:
             probs_low[1:] *= keep.view(-1, 1, 1)
         means = [float(s / c) if c else float("nan") for s, c in zip(sums, cnts)]
-        return labels, probs_low.float().cpu().numpy(), means, False
+        return labels, probs_low.float().cpu().numpy(), means, False, assigned
 
     def settings(self) -> dict[str, Any]:
         from . import __version__

@@ -161,8 +161,8 @@ class ClassSpec:
         return len(self.synonyms)
 
 
-def _split_string(text: str) -> list[list[str]]:
-    # In one string, classes are separated by commas or new lines, synonyms by "|".
+def split_class_string(text: str) -> list[list[str]]:
+    """One string -> synonym lists: classes separated by commas or new lines, synonyms by "|"."""
     items = [x for line in text.splitlines() for x in line.split(",")]
     return [[s.strip() for s in item.split("|")] for item in items if item.strip()]
 
@@ -183,7 +183,9 @@ def parse_classes(classes: "str | os.PathLike | Sequence[str | Sequence[str]] | 
     - a list: items are class names; an item may itself be a list of synonyms, or a string with
       synonyms separated by "|";
     - a string: classes separated by commas (or new lines), synonyms by "|", e.g. "cat, sofa|couch";
-    - a path to a class file (research-repo format: a line per class, synonyms after commas);
+    - a `pathlib.Path` to a class file (research-repo format: a line per class, synonyms after
+      commas); a plain string is always a class list, never read as a path (a server passing
+      user text through must not open files);
     - a dict: class name -> list of queries (the class name is the display name).
     `background=True` marks class 0 as background (pixels under the probability threshold go there).
     A name in two classes is an error unless `allow_duplicates` (reproducing a reference class file
@@ -191,10 +193,10 @@ def parse_classes(classes: "str | os.PathLike | Sequence[str | Sequence[str]] | 
     """
     if isinstance(classes, ClassSpec):
         return classes if background is None else ClassSpec(classes.synonyms, background)
-    if isinstance(classes, Path) or (isinstance(classes, str) and _looks_like_file(classes)):
+    if isinstance(classes, os.PathLike):
         groups = read_class_file(classes)
     elif isinstance(classes, str):
-        groups = _split_string(classes)
+        groups = split_class_string(classes)
     elif isinstance(classes, Mapping):
         groups = [[str(k), *[q for q in v if q != k]] for k, v in classes.items()]
     else:
@@ -220,10 +222,6 @@ def parse_classes(classes: "str | os.PathLike | Sequence[str | Sequence[str]] | 
     if dups and not allow_duplicates:
         raise ValueError(f"duplicate class names {sorted(set(dups))}: each name may belong to one class only")
     return ClassSpec(tuple(tuple(dict.fromkeys(g)) for g in groups), bool(background))
-
-
-def _looks_like_file(s: str) -> bool:
-    return "\n" not in s and s.endswith(".txt") and "," not in s
 
 
 def _default_cache_dir() -> Path:

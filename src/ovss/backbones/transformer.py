@@ -65,9 +65,28 @@ class Attention(nn.Module):
         b, h, n, dh = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * dh))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, keep: frozenset[str] | tuple = ()):
+        """(B, N, D) -> (B, N, D); with `keep` (a set of "attn", "qkv") also a dict of extras:
+        "attn": the (B, heads, N, N) softmax(q k^T / sqrt(d_h)) map, computed explicitly (no
+        fused kernel) in the reference repos' order, softmax((q * s) @ k^T), and used for the
+        output, so asking for it costs no second pass; "qkv": the (q, k, v) projections."""
         q, k, v = self.qkv(x)
-        return self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        if "attn" in keep:
+            attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+            if mask is not None:
+                attn = attn + mask
+            attn = attn.softmax(dim=-1)
+            out = self.merge(attn @ v)
+        else:
+            out = self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        if not keep:
+            return out
+        extras = {}
+        if "attn" in keep:
+            extras["attn"] = attn
+        if "qkv" in keep:
+            extras["qkv"] = (q, k, v)
+        return out, extras
 
 
 class Mlp(nn.Sequential):
@@ -89,9 +108,14 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(width, eps=ln_eps)
         self.mlp = Mlp(width, round(width * mlp_ratio), act)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, keep: frozenset[str] | tuple = ()):
+        """(B, N, D) -> (B, N, D); with `keep` also the attention's extras (see `Attention.forward`)."""
+        if not keep:
+            x = x + self.attn(self.ln_1(x), mask)
+            return x + self.mlp(self.ln_2(x))
+        y, extras = self.attn(self.ln_1(x), mask, keep)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), extras
 
 
 class Transformer(nn.Module):

@@ -1,8 +1,11 @@
 """One ViT image tower for CLIP (OpenAI and OpenCLIP variants).
 
 Dense methods need more than CLIP's pooled output: the input of the last block (which they
-re-run with another attention rule), sometimes a middle layer's tokens. `forward_tokens` runs
-blocks 0..L-2 once and hands back exactly what was asked for, so no method needs a second pass.
+re-run with another attention rule), sometimes a middle layer's tokens, its q-k attention map or
+its q/k/v projections. `forward_tokens` runs blocks 0..L-2 once and hands back exactly what was
+asked for, so no method needs a second pass; what is not asked for is not kept, and a reduction
+(the mean of some layers' attention maps, the sum of some layers' tokens) is accumulated as the
+blocks run, so memory holds one map, not one per layer.
 """
 
 from __future__ import annotations
@@ -17,6 +20,38 @@ from .pos_embed import resize_pos_embed
 from .transformer import LayerNorm, Transformer
 
 
+_TAP_KINDS = ("tokens", "attn", "qkv")
+_TAP_REDUCE = ("none", "mean", "sum")
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Something to hand back from the blocks `forward_tokens` runs.
+
+    kind: "tokens" (a block's output, (B, 1 + h*w, D)), "attn" (its q-k softmax map,
+        (B, heads, 1 + h*w, 1 + h*w), computed explicitly in that block) or "qkv" (its (q, k, v)
+        projections of ln_1(input), each (B, heads, 1 + h*w, d_h)).
+    layers: block indices (0-based; negative counts from the end of the tower).
+    reduce: "none" -> {block index: value}; "mean" / "sum" -> one tensor, accumulated while the
+        blocks run (in layer order), so only one map is held ("qkv" takes "none" only).
+    """
+
+    kind: str
+    layers: tuple[int, ...]
+    reduce: str = "none"
+
+    def __post_init__(self):
+        if self.kind not in _TAP_KINDS:
+            raise ValueError(f"unknown tap kind {self.kind!r}; choose from {_TAP_KINDS}")
+        if self.reduce not in _TAP_REDUCE:
+            raise ValueError(f"unknown tap reduction {self.reduce!r}; choose from {_TAP_REDUCE}")
+        if self.kind == "qkv" and self.reduce != "none":
+            raise ValueError("a 'qkv' tap cannot be reduced")
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        if not self.layers:
+            raise ValueError("a tap needs at least one layer")
+
+
 @dataclass
 class ViTTokens:
     """What `forward_tokens` returns.
@@ -24,11 +59,15 @@ class ViTTokens:
     tokens: (B, 1 + h*w, D) input of the last block (class token first).
     grid: (h, w) patch grid of this input.
     layers: {block index: (B, 1 + h*w, D) output of that block} for the indices asked for.
+    attn: {block index: (B, heads, 1 + h*w, 1 + h*w) q-k softmax map} for `keep_attn`.
+    taps: {name: value} for the named `Tap`s asked for (see `Tap.reduce` for the value).
     """
 
     tokens: torch.Tensor
     grid: tuple[int, int]
     layers: dict[int, torch.Tensor] = field(default_factory=dict)
+    attn: dict[int, torch.Tensor] = field(default_factory=dict)
+    taps: dict[str, object] = field(default_factory=dict)
 
 
 class VisionTransformer(nn.Module):
@@ -70,7 +109,8 @@ class VisionTransformer(nn.Module):
         return self.ln_pre(x), grid
 
     def forward_tokens(self, x: torch.Tensor, keep_layers: tuple[int, ...] = (),
-                       upto: int | None = None, pos_resize: str | None = None) -> ViTTokens:
+                       upto: int | None = None, pos_resize: str | None = None,
+                       keep_attn: tuple[int, ...] = (), taps: dict[str, Tap] | None = None) -> ViTTokens:
         """Run blocks 0..upto-1 (default: all but the last) and keep the asked-for layers.
 
         Args:
@@ -78,17 +118,54 @@ class VisionTransformer(nn.Module):
             keep_layers: block indices whose outputs to return (negative counts from the end).
             upto: number of blocks to run; default L - 1, i.e. stop at the last block's input.
             pos_resize: positional-embedding resize rule for this call (default: the tower's).
+            keep_attn: block indices whose q-k softmax attention maps to return (`ViTTokens.attn`);
+                only those blocks compute their attention explicitly, the others keep the fused
+                kernel.
+            taps: named `Tap`s (`ViTTokens.taps`), e.g. {"rcs": Tap("attn", (5, 6, 7, 8), "mean")}.
+        Only what is asked for is kept; a block index beyond `upto` raises ValueError.
         """
         n = len(self.blocks)
         upto = n - 1 if upto is None else upto
+        taps = dict(taps or {})
         keep = {i % n for i in keep_layers}
+        keep_a = {i % n for i in keep_attn}
+        tap_layers = {name: [i % n for i in t.layers] for name, t in taps.items()}
+        late = sorted(i for i in keep | keep_a | {i for ls in tap_layers.values() for i in ls} if i >= upto)
+        if late:
+            raise ValueError(f"blocks {late} are not run (forward_tokens runs blocks 0..{upto - 1})")
+        need: dict[int, set[str]] = {i: {"attn"} for i in keep_a}
+        for name, t in taps.items():
+            if t.kind != "tokens":
+                for i in tap_layers[name]:
+                    need.setdefault(i, set()).add(t.kind)
         tokens, grid = self.embed(x, pos_resize)
-        layers = {}
+        layers, attn, acc = {}, {}, {}
+        counts = {name: 0 for name in taps}
         for i, blk in enumerate(self.blocks[:upto]):
-            tokens = blk(tokens)
+            extras = {}
+            if i in need:
+                tokens, extras = blk(tokens, keep=frozenset(need[i]))
+            else:
+                tokens = blk(tokens)
             if i in keep:
                 layers[i] = tokens
-        return ViTTokens(tokens, grid, layers)
+            if i in keep_a:
+                attn[i] = extras["attn"]
+            for name, t in taps.items():
+                hits = tap_layers[name].count(i)
+                if not hits:
+                    continue
+                value = tokens if t.kind == "tokens" else extras[t.kind]
+                if t.reduce == "none":
+                    acc.setdefault(name, {})[i] = value
+                    continue
+                for _ in range(hits):  # a layer listed twice counts twice
+                    acc[name] = value.clone() if name not in acc else acc[name].add_(value)
+                    counts[name] += 1
+        for name, t in taps.items():
+            if t.reduce == "mean":
+                acc[name] = acc[name].div_(counts[name])
+        return ViTTokens(tokens, grid, layers, attn, acc)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """ln_post then projection, on any tokens (B, N, D) -> (B, N, C)."""

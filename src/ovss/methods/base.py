@@ -27,6 +27,7 @@ class Recipe:
     templates: str = "imagenet80"  # prompt template set (text_bank.TEMPLATE_SETS)
     pos_resize: str = "scale_factor"  # positional-embedding resize rule (backbones.pos_embed)
     refiners: tuple = ()  # pixel-level refiners applied in order (ovss.refine), e.g. (PAMR(),)
+    plugins: tuple = ()  # head plug-ins of the dense readout, in order (ovss.dense), e.g. (RCS(), SFR())
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Apply {"protocol.crop": 0, "attention": "qq+kk", ...}; unknown keys raise KeyError."""
@@ -39,6 +40,7 @@ class Recipe:
         d = dataclasses.asdict(self)
         d["attention"] = str(self.attention)
         d["refiners"] = [repr(r) for r in self.refiners]
+        d["plugins"] = [repr(p) for p in self.plugins]
         return d
 
 
@@ -52,7 +54,13 @@ def _parse_refiners(value: Any) -> tuple:
     return tuple(parse_refiner(v) if isinstance(v, str) else v for v in items if v != "")
 
 
-_FIELD_PARSERS = {"refiners": _parse_refiners}
+def _parse_plugins(value: Any) -> tuple:
+    from ..dense import parse_plugins
+
+    return parse_plugins(value)
+
+
+_FIELD_PARSERS = {"refiners": _parse_refiners, "plugins": _parse_plugins}
 
 
 def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:

@@ -1,0 +1,106 @@
+"""Intermediate features handed back by `VisionTransformer.forward_tokens` in its one pass.
+
+q-k attention maps of chosen middle layers (ResCLIP's RCS), running reductions (their mean; the
+sum of some layers' tokens, SC-CLIP's fusion), q/k/v projections (CLIPtrase's self-correlation),
+and only what is asked for is kept.
+"""
+
+import pytest
+import torch
+
+from ovss.backbones.configs import VisionCfg
+from ovss.backbones.vit import Tap, VisionTransformer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    m = VisionTransformer(VisionCfg(width=64, layers=6, heads=4, patch_size=16, image_size=64, output_dim=32))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return torch.randn(2, 3, 48, 80, generator=torch.Generator().manual_seed(1))
+
+
+def _manual(vit, x):
+    """Every block's output, attention map and q/k/v, written out by hand."""
+    t, _ = vit.embed(x)
+    outs, attns, qkvs = [], [], []
+    for blk in vit.blocks[:-1]:
+        q, k, v = blk.attn.qkv(blk.ln_1(t))
+        a = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        t = t + blk.attn.merge(a @ v)
+        t = t + blk.mlp(blk.ln_2(t))
+        outs.append(t)
+        attns.append(a)
+        qkvs.append((q, k, v))
+    return outs, attns, qkvs
+
+
+@torch.no_grad()
+def test_attention_maps_without_a_second_pass(vit, image):
+    plain = vit.forward_tokens(image)
+    out = vit.forward_tokens(image, keep_attn=(1, 3))
+    _, attns, _ = _manual(vit, image)
+    assert sorted(out.attn) == [1, 3]  # only the asked-for maps are kept
+    assert out.layers == {} and out.taps == {}
+    for i in (1, 3):
+        assert out.attn[i].shape == (2, 4, 1 + 15, 1 + 15)
+        torch.testing.assert_close(out.attn[i], attns[i], rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.attn[i].sum(-1), torch.ones(2, 4, 16))
+    # the explicit attention feeds the block's output: the tokens are those of the fused path
+    torch.testing.assert_close(out.tokens, plain.tokens, rtol=0, atol=1e-5)
+    assert out.grid == (3, 5)
+
+
+@torch.no_grad()
+def test_reductions_accumulate_while_running(vit, image):
+    outs, attns, _ = _manual(vit, image)
+    out = vit.forward_tokens(image, taps={"mean": Tap("attn", (1, 2, 3), "mean"),
+                                          "sum": Tap("tokens", (0, 1, 2), "sum"),
+                                          "one": Tap("tokens", (-3,))})
+    assert isinstance(out.taps["mean"], torch.Tensor) and isinstance(out.taps["sum"], torch.Tensor)
+    torch.testing.assert_close(out.taps["mean"], torch.stack(attns[1:4]).mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.taps["sum"], outs[0] + outs[1] + outs[2], rtol=0, atol=1e-5)
+    assert sorted(out.taps["one"]) == [3]  # -3 of 6 blocks
+    torch.testing.assert_close(out.taps["one"][3], outs[3], rtol=0, atol=1e-5)
+    assert out.attn == {} and out.layers == {}
+
+
+@torch.no_grad()
+def test_qkv_tap_is_the_blocks_own_projection(vit, image):
+    outs, _, qkvs = _manual(vit, image)
+    out = vit.forward_tokens(image, keep_layers=(3,), taps={"qkv": Tap("qkv", (4,))})
+    q, k, v = out.taps["qkv"][4]
+    for got, want in zip((q, k, v), qkvs[4]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    blk = vit.blocks[4]
+    torch.testing.assert_close(q, blk.attn.qkv(blk.ln_1(out.layers[3]))[0], rtol=0, atol=1e-6)
+
+
+def test_bad_taps_are_refused(vit, image):
+    with pytest.raises(ValueError, match="not run"):
+        vit.forward_tokens(image, keep_attn=(5,))  # the last block is not run by default
+    with pytest.raises(ValueError, match="not run"):
+        vit.forward_tokens(image, taps={"x": Tap("attn", (-1,), "mean")})
+    with pytest.raises(ValueError):
+        Tap("qkv", (1,), "mean")
+    with pytest.raises(ValueError):
+        Tap("ffn", (1,))
+    with pytest.raises(ValueError):
+        Tap("attn", ())
+
+
+@torch.no_grad()
+def test_all_blocks_with_taps(vit, image):
+    """upto=L runs the last block too; its map can then be asked for."""
+    out = vit.forward_tokens(image, upto=6, keep_attn=(5,))
+    assert sorted(out.attn) == [5]
+    torch.testing.assert_close(vit.project(out.tokens[:, 0]), vit(image), rtol=0, atol=1e-5)

@@ -1,0 +1,245 @@
+"""CLIPtrase (q-q + k-k + v-v block, `cluster` refiner) against the reference code, and the
+cluster refiner's pieces (DBSCAN, median filter, vote).
+
+Goldens: tests/golden/cliptrase_small.safetensors from leaves162/CLIPtrase@2b7de61's own
+`self_clip` loop (clip_self_correlation.py) on the 12-block tower clip12_small.safetensors, its
+data reading, text encoder and metric replaced by stand-ins (tests/golden/make_deep_methods_golden.py;
+README there): per run the layer-11 self-correlation map (every 4th row, 224 px runs), sklearn's
+DBSCAN labels, the upsampled patch logits (cosines) and the final label map (background = 5).
+"""
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from deep_parity import GOLDEN, VOCAB, small_clip
+from ovss.affinity import self_correlation
+from ovss.backbones.vit import Tap
+from ovss.inference import preprocess, upsample
+from ovss.methods import get_method
+from ovss.pipeline import Segmenter
+from ovss.refine import RefineContext
+from ovss.refine.cluster import Cluster, dbscan, denoised_affinity, majority_vote, mean_vote, median_filter
+from ovss.text_bank import ClassSpec
+
+torch.set_num_threads(1)
+FILE = GOLDEN / "cliptrase_small.safetensors"
+RUNS = {  # run -> (preset, image size, with background)
+    "voc21_224": ("repo-224", 224, True),
+    "voc20_224": ("voc20-repo-224", 224, False),
+    "ade_336": ("repo-336", 336, False),
+}
+
+
+def classes(bg: bool):
+    """ovss's class list for the golden queries (c1..c5 then 8 background words, as CLIPtrase
+    orders them): with background, class 0 holds the 8 words (the reference's label 5)."""
+    if not bg:
+        return ClassSpec(tuple((f"c{i}",) for i in range(1, 6))), list(range(5))
+    return ClassSpec((tuple(f"bg {c}" for c in "abcdefgh"), *((f"c{i}",) for i in range(1, 6))), background=True), \
+        list(range(5, 13)) + list(range(5))
+
+
+def to_ovss_labels(pred: torch.Tensor, bg: bool) -> np.ndarray:
+    return (torch.where(pred == 5, 0, pred + 1) if bg else pred).numpy()
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with safe_open(str(FILE), "pt") as f:
+        meta = f.metadata()
+    return load_file(str(FILE)), int(meta["logits_step"])
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return small_clip()
+
+
+@pytest.fixture(scope="module")
+def outputs(golden, clip):
+    g, _ = golden
+    out = {}
+    for run, (preset, size, bg) in RUNS.items():
+        spec, order = classes(bg)
+        q = g["queries"][order]
+        image = g[f"{run}.image"].numpy()
+        res = {}
+        for key, over in (("full", {}), ("plain", {"plugins": "", "refiners": ""})):
+            seg = Segmenter("cliptrase", clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
+                            overrides={"protocol.short_side": None, **over})
+            seg.text_bank.encode = lambda spec, q=q: q
+            with torch.no_grad():
+                low, _, x = seg.stitched_logits(image, spec)
+                res[key + ".labels"] = seg._decide(low, x, (size, size), spec)[0]
+                res[key + ".logits"] = upsample(low, (size, size))
+                if key == "full":
+                    ctx = RefineContext(seg.visual, x, spec.query_to_class, len(spec), dict(seg._refine_cache))
+                    (cl,) = seg.recipe.refiners
+                    vals, grid = ctx.tap_values(cl.taps())
+                    qq, kk, vv = vals[f"qkv:{cl.layer}"][10]
+                    res["map11"] = self_correlation(qq, kk, vv)[0]
+                    res["regions"] = cl.regions(ctx, (size, size))
+                    res["cache_hit"] = "taps" in seg._refine_cache and bool(seg._refine_cache["taps"])
+        out[run] = res
+    return out
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_self_correlation_map_matches_reference(golden, outputs, run):
+    g, _ = golden
+    if f"{run}.map11_rows4" not in g:
+        pytest.skip("map stored for the 224 px runs only")
+    ref = g[f"{run}.map11_rows4"]
+    assert (outputs[run]["map11"][::4] - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_dbscan_labels_match_sklearn_in_the_reference(golden, outputs, run):
+    g, _ = golden
+    labels, _ = outputs[run]["regions"]
+    assert torch.equal(labels, g[f"{run}.dbscan"])
+    assert labels.max() >= 2  # several clusters (and some noise)
+    assert outputs[run]["cache_hit"]  # one window: the readout's own pass gave the affinity
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_logits_match_reference(golden, outputs, run):
+    g, step = golden
+    ref = g[f"{run}.logits"]
+    ours = outputs[run]["plain.logits"][:, ::step, ::step]
+    _, order = classes(RUNS[run][2])
+    ref = ref[order]  # CLIPtrase's query order -> ovss's
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_labels_match_reference(golden, outputs, run):
+    g, _ = golden
+    bg = RUNS[run][2]
+    want = to_ovss_labels(g[f"{run}.pred"].long(), bg)
+    ours = outputs[run]["full.labels"]
+    assert np.array_equal(ours, want)
+    assert len(np.unique(want)) >= 3
+    # the clustering changed the plain argmax (so the golden tests the vote)
+    assert not np.array_equal(outputs[run]["plain.labels"], want)
+
+
+# ---- pieces ---------------------------------------------------------------------------------
+def _dbscan_sklearn_order(x: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """sklearn's DBSCAN restated: radius neighbours (<= eps), core points, and dbscan_inner's
+    depth-first labelling in index order."""
+    d = np.sqrt(((x[:, None].astype(np.float64) - x[None].astype(np.float64)) ** 2).sum(-1))
+    nb = [np.flatnonzero(row <= eps) for row in d]
+    core = np.array([len(n) >= min_samples for n in nb])
+    labels = np.full(len(x), -1)
+    lab = 0
+    for i in range(len(x)):
+        if labels[i] != -1 or not core[i]:
+            continue
+        stack = [i]
+        while stack:
+            j = stack.pop()
+            if labels[j] != -1:
+                continue
+            labels[j] = lab
+            if core[j]:
+                stack.extend(v for v in nb[j] if labels[v] == -1)
+        lab += 1
+    return labels
+
+
+@pytest.mark.parametrize("seed,eps,m", [(0, 0.5, 3), (1, 0.8, 5), (2, 0.3, 2), (3, 2.0, 4), (4, 0.05, 3)])
+def test_dbscan_is_sklearns(seed, eps, m):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, 3, generator=g) * 2
+    x = torch.cat([centres[i] + 0.3 * torch.randn(25, 3, generator=g) for i in range(4)] +
+                  [torch.randn(10, 3, generator=g) * 3])
+    x = x[torch.randperm(len(x), generator=g)]
+    assert np.array_equal(dbscan(x, eps, m).numpy(), _dbscan_sklearn_order(x.numpy(), eps, m))
+
+
+def test_median_filter_is_scipys():
+    nd = pytest.importorskip("scipy.ndimage")
+    maps = torch.rand(3, 13, 22, generator=torch.Generator().manual_seed(0))
+    for size in (3, 7):
+        want = np.stack([nd.median_filter(m, size=size) for m in maps.numpy()])
+        assert np.array_equal(median_filter(maps, size).numpy(), want)
+
+
+def test_votes():
+    logits = torch.tensor([[[0.9, 0.1], [0.2, 0.3]], [[0.1, 0.8], [0.7, 0.35]], [[0.0, 0.2], [0.1, 0.5]]])
+    regions = torch.zeros(2, 2, dtype=torch.long)
+    # per query: argmax queries 0, 1, 1, 2 -> classes with q2c [0, 1, 1]: 0, 1, 1, 1 -> majority class 1
+    out = majority_vote(logits, regions, [0, 1, 1], 1)
+    assert torch.equal(out.argmax(0), torch.tensor([[1, 1], [1, 2]]))
+    assert torch.equal(out.sort(0).values, logits.sort(0).values)  # values only swapped per pixel
+    assert torch.equal(out[:, 1], logits[:, 1])  # pixels of the winning class are untouched
+    m = mean_vote(logits, torch.tensor([[0, 1], [0, 1]]), 2)
+    torch.testing.assert_close(m[:, 0, 0], logits[:, :, 0].mean(1))
+    w = torch.rand(5, 5)
+    d = denoised_affinity(w)
+    torch.testing.assert_close(d, (w[1:, 1:] - w[0, 1:]).clamp(min=0))
+
+
+def test_cluster_refiner_on_windows_and_other_methods(clip):
+    """Any method can cluster: with windows the refiner runs one more pass over the whole
+    (non-square) image; from Python and the CLI's --set syntax."""
+    image = np.random.default_rng(0).integers(0, 256, (130, 190, 3), dtype=np.uint8)
+    for method, over in (("sclip", {"refiners": "cluster:eps=0.5,min_samples=3"}),
+                         ("naclip", {"refiners": ["pamr:steps=2", "cluster:vote=mean"]}),
+                         ("cliptrase", {"protocol.crop": 64, "protocol.stride": 48})):
+        seg = Segmenter(method, clip=clip, device="cpu", tokenizer=VOCAB,
+                        overrides={"protocol.short_side": None, **over})
+        seg.text_bank.encode = lambda spec: torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+        res = seg(image, ["a", "b|b2", "c"])
+        assert res.labels.shape == (130, 190)
+        # several windows: the refiner's features come from one more pass over the whole image
+        assert seg._refine_cache["grid"] == (8, 11)
+    x = preprocess(image, get_method("cliptrase").resolve(None, {"protocol.short_side": None}).protocol)
+    ctx = RefineContext(clip.model.visual, x)
+    vals, grid = ctx.tap_values({"t": Tap("qkv", (-2,))})
+    assert grid == (8, 11) and len(vals["t"][10]) == 3
+    assert get_method("clearclip").resolve(None, {"refiners": "cluster:eps=1.1,min_samples=7"}).refiners == (
+        Cluster(eps=1.1, min_samples=7),)
+
+
+# ---- presets ----------------------------------------------------------------------------------
+def test_repo_presets():
+    """clip_self_correlation.py: Resize(n_px) (lines 38-43), Normalize (48), one pass (129-145),
+    logit_scale.exp() = 100 (154), DBSCAN (0.7, 3) at 224 and (1.1, 7) at 336 (233-234), VOC20's
+    class-token prior (159-161); attn2.py:254-277 and model.py:191-195 for the block."""
+    from ovss.attention import AttentionRule
+    from ovss.cls_prior import ClsPrior
+    from ovss.dense import Surgery
+
+    spec = get_method("cliptrase")
+    for name, size, eps, m, prior in (("repo-224", 224, 0.7, 3, False), ("repo-336", 336, 1.1, 7, False),
+                                      ("voc20-repo-224", 224, 0.7, 3, True), ("voc20-repo-336", 336, 1.1, 7, True)):
+        r = spec.resolve(name)
+        assert r.protocol.short_side == size and r.protocol.crop == 0
+        assert r.protocol.mean == pytest.approx((122.7709383, 116.7460125, 104.09373615))
+        assert r.protocol.std == pytest.approx((68.5005327, 66.6321592, 70.32316305))
+        assert (r.decision.logit_scale, r.decision.prob_thd, r.decision.area_thd) == (100.0, 0.0, None)
+        assert r.refiners == (Cluster(eps, m, -2, 4, "majority"),)
+        assert r.plugins == ((ClsPrior(100.0),) if prior else ())
+        assert r.attention == AttentionRule(("qq", "kk", "vv")) and r.surgery == Surgery(True, True)
+        p = spec.presets[name]
+        assert set(p.sources) >= set(p.overrides)
+        assert all(s.startswith("CLIPtrase ") and ":" in s for s in p.sources.values())
+    assert spec.recipe == spec.resolve("repo-224")
+
+
+def test_standard_presets_take_sclips_protocol():
+    spec, sclip = get_method("cliptrase"), get_method("sclip")
+    for name in ("voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff171", "cityscapes", "ade20k"):
+        r, s = spec.resolve(name), sclip.resolve(name)
+        assert r.protocol == s.protocol
+        assert (r.decision.logit_scale, r.decision.prob_thd, r.decision.area_thd) == (
+            s.decision.logit_scale, s.decision.prob_thd, None)
+        assert r.refiners == (Cluster(1.1, 7),)
+        assert spec.presets[name].classes == sclip.presets[name].classes
+        assert spec.presets[name].sources["protocol.crop"].startswith("SCLIP ")
