@@ -180,7 +180,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
     for n in list_backbones(args.pattern):
         cfg = get_pretrained(n)
-        where = cfg.hf_hub_id or getattr(cfg, "local_path", "") or ""
+        where = cfg.hf_hub_id or (f"shipped: {cfg.package_file}" if cfg.package_file else "")
         print(f"{n:28s} {cfg.arch:14s} {where}  {cfg.description}")
     return 0
 

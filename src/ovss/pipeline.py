@@ -65,6 +65,8 @@ class Segmenter:
         else:
             clip.model.to(self.device)
         self.clip: LoadedClip = clip
+        if clip.pretrained is not None and clip.pretrained.recipe_overrides:
+            self.recipe = self.method.resolve(preset, overrides, base=dict(clip.pretrained.recipe_overrides))
         self.backbone = backbone
         self.tokenizer = self._tokenizer(tokenizer)
         self.text_bank = TextBank(self.clip.model, self.tokenizer, self.clip.weights_id,

@@ -225,7 +225,7 @@ def create_clip(backbone: str = "clip-vit-b16", weights: str | Path | None = Non
         raise WeightsMismatchError(f"weights from {src}: {e}") from e
 
     if pre is not None:
-        base = ARCHS[pre.arch]
+        base = ARCHS[pre.arch] if pre.arch in ARCHS else infer_clip_config(state)  # shipped models
         expected = f"{pre.name} ({pre.arch})"
     else:
         try:

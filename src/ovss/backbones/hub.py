@@ -171,6 +171,11 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _fetch_pretrained(pre: PretrainedCfg, cache: Path) -> Path:
+    if pre.local_path is not None:
+        if not pre.local_path.is_file():
+            raise FileNotFoundError(f"{pre.name}: the shipped weights {pre.local_path} are missing; "
+                                    "reinstall ovss (they are package data)")
+        return pre.local_path
     weights = _fetch_first(pre.hf_hub_id, pre.weights, cache, pre.name)
     _fetch_optional(pre.hf_hub_id, pre.extra_files, cache)
     return weights
@@ -231,6 +236,8 @@ def download(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     backbone loads offline from the cache. Returns the snapshot folder holding the files.
     """
     pre = get_pretrained(name)
+    if pre.local_path is not None:  # shipped with the package: nothing to download
+        return _fetch_pretrained(pre, Path()).parent
     cache = hub_cache_dir(cache_dir)
     weights = _fetch_first(pre.hf_hub_id, pre.weights, cache, pre.name)
     got = _fetch_optional(pre.hf_hub_id, pre.extra_files, cache)

@@ -31,6 +31,7 @@ import difflib
 import fnmatch
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from .configs import ARCHS
 
@@ -80,6 +81,17 @@ class PretrainedCfg:
     licence: str = ""
     paper: str = ""
     aliases: tuple[str, ...] = ()
+    package_file: str | None = None  # weights shipped inside the ovss package (path relative to it)
+    # Recipe settings the weights need whatever the method (applied under presets and user
+    # overrides), e.g. the input scale a small model was trained at.
+    recipe_overrides: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def local_path(self) -> Path | None:
+        """The shipped weights file, for entries that come with the package."""
+        if self.package_file is None:
+            return None
+        return Path(__file__).resolve().parents[1] / self.package_file
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -127,6 +139,16 @@ PRETRAINED: dict[str, PretrainedCfg] = {
                "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
                "OpenCLIP ViT-H/14 trained on LAION-2B (32B samples seen), exact GELU",
                ("ViT-H-14", "ViT-H/14")),
+        PretrainedCfg(
+            name="tiny-synthetic", arch="tiny-synthetic", hf_hub_id="", weights=("tiny_clip.safetensors",),
+            tokenizer=("bpe_vocab.txt.gz",), act="quick_gelu",
+            description="DEMO ONLY: a 1.5M-parameter CLIP trained on ovss's synthetic scenes "
+                        "(scripts/train_tiny_clip.py); meaningful on that world only, not a substitute for CLIP",
+            licence="Apache-2.0 (trained by this project)", paper="",
+            aliases=("tiny", "synthetic"), package_file="assets/tiny_synthetic/tiny_clip.safetensors",
+            # trained on 96 px scenes, read whole: feed it that scale, not CLIP's 336 px windows
+            recipe_overrides=(("protocol.short_side", 96), ("protocol.crop", 0)),
+        ),
     )
 }
 
@@ -162,7 +184,7 @@ def get_pretrained(name: str) -> PretrainedCfg:
     if key is None:
         raise KeyError(unknown_backbone_message(name))
     cfg = PRETRAINED[key]
-    if cfg.arch not in ARCHS:
+    if cfg.arch not in ARCHS and cfg.package_file is None:
         raise KeyError(f"backbone {key!r} names architecture {cfg.arch!r}, not in configs.ARCHS")
     return cfg
 

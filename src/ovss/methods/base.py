@@ -106,8 +106,10 @@ class MethodSpec:
     presets: Mapping[str, Preset] = field(default_factory=dict)
     notes: str = ""
 
-    def resolve(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> Recipe:
-        recipe = self.recipe
+    def resolve(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None,
+                base: Mapping[str, Any] | None = None) -> Recipe:
+        """The recipe with, in order, `base` (what the backbone needs), the preset, `overrides`."""
+        recipe = self.recipe.with_overrides(base or {})
         if preset is not None:
             if preset not in self.presets:
                 raise KeyError(
