@@ -1,7 +1,16 @@
 """Inference speed: seconds per image and text-bank time, with ViT-B/16-sized random weights.
 
     python benchmarks/bench_inference.py [--repeats 3] [--device cpu] \
-        [--reference-sclip PATH] [--reference-clearclip PATH] [--reference-naclip PATH]
+        [--reference-sclip PATH] [--reference-clearclip PATH] [--reference-naclip PATH] \
+        [--deep-methods resclip,scclip,cliptrase] [--reference-resclip PATH]
+
+ResCLIP, SC-CLIP and CLIPtrase (`--deep-methods`) are timed on the same 500x375 image with their
+default recipes and with their VOC21 presets, each with its peak memory: the growth of the
+process's peak resident set during the call above the resident set before it (Linux: VmHWM reset
+through /proc/self/clear_refs; "-" elsewhere). ResCLIP's SFR is also run on a whole 336x500
+input (a 21x31 patch grid, N = 651), where the reference builds an N^2 x 31 x 2 int64 path tensor;
+with `--reference-resclip PATH` the reference's own `generate_attention_sfr` (CPU port: its
+`.cuda()` calls as the identity) is measured on the same seed map next to ovss's.
 
 Random weights are enough for timing (the cost does not depend on the values). Prints a Markdown
 table and writes it, with the raw numbers, to benchmarks/results/inference.{md,json}.
@@ -43,6 +52,32 @@ VOCAB = ROOT / "tests/golden/tokenizer/small_vocab.txt.gz"  # any CLIP-format vo
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
                "train", "tv monitor"]
+
+
+def _proc_kb(key: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_mb(fn) -> float | None:
+    """MB by which the process's peak resident set grows during fn() (None off Linux)."""
+    import gc
+
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    base = _proc_kb("VmRSS")
+    fn()
+    peak = _proc_kb("VmHWM")
+    return None if base is None or peak is None else (peak - base) / 1024
 
 
 def timed(fn, repeats: int) -> float:
@@ -98,6 +133,58 @@ def reference_rows(model, clip, image, paths: dict, repeats: int, device: str) -
     return rows
 
 
+DEEP = {"resclip": "yvhangyang/ResCLIP", "scclip": "SuleBai/SC-CLIP", "cliptrase": "leaves162/CLIPtrase"}
+
+
+def deep_rows(clip, image, methods: list[str], repeats: int, device: str, reference_resclip=None) -> list[dict]:
+    """ResCLIP / SC-CLIP / CLIPtrase: seconds per image and peak memory, default recipe and the
+    VOC21 preset, on the 500x375 image; ResCLIP's SFR on a whole 336x500 input."""
+    rows = []
+    for method in methods:
+        for preset in (None, "voc21"):
+            seg = Segmenter(method, device=device, clip=clip, tokenizer=VOCAB, preset=preset,
+                            text_cache_dir="/tmp/ovss-bench-text")
+            seg(image, VOC_CLASSES)  # fills the text cache
+            mem = peak_mb(lambda: seg(image, VOC_CLASSES, keep_image=False))
+            s = timed(lambda: seg(image, VOC_CLASSES, keep_image=False), repeats)
+            p = seg.recipe.protocol
+            how = "whole image" if p.crop == 0 else f"windows {p.crop}/{p.stride}"
+            rows.append({"what": f"{method} ({preset or 'default'} recipe, {how}): 500x375 image", "seconds": s,
+                         "peak_mb": mem})
+    if "resclip" in methods:
+        big = np.random.default_rng(1).integers(0, 256, (336, 500, 3), dtype=np.uint8)
+        seg = Segmenter("resclip", device=device, clip=clip, tokenizer=VOCAB, preset="voc21",
+                        overrides={"protocol.short_side": None}, text_cache_dir="/tmp/ovss-bench-text")
+        seg(big, VOC_CLASSES)
+        mem = peak_mb(lambda: seg(big, VOC_CLASSES, keep_image=False))
+        s = timed(lambda: seg(big, VOC_CLASSES, keep_image=False), repeats)
+        rows.append({"what": "resclip voc21 preset, whole 336x500 input (21x31 grid: SFR on N = 651 patches)",
+                     "seconds": s, "peak_mb": mem})
+        from ovss.feedback import SFR
+
+        labels = torch.randint(0, 8, (1, 21, 31), generator=torch.Generator().manual_seed(0))
+        sfr = SFR()
+        mem = peak_mb(lambda: sfr.prior(labels))
+        rows.append({"what": "resclip SFR prior alone (line of sight + smoothing), 21x31 grid: ovss",
+                     "seconds": timed(lambda: sfr.prior(labels), repeats), "peak_mb": mem})
+        if reference_resclip is not None:
+            sys.path.insert(0, str(ROOT / "tests/golden"))
+            import make_deep_methods_golden as dg
+
+            dg.stub_frameworks()
+            _, model_mod = dg.load_resclip(Path(reference_resclip))
+            vis = model_mod.VisionTransformer(224, 16, 64, 1, 1, 32)
+
+            def ref():
+                with dg.cuda_as_cpu():
+                    vis.generate_attention_sfr(labels[0], (21, 31), gaussian_std=5.0, delete_same_entity=True)
+
+            mem = peak_mb(ref)
+            rows.append({"what": "resclip SFR prior alone, 21x31 grid: reference generate_attention_sfr",
+                         "seconds": timed(ref, repeats), "peak_mb": mem})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -107,6 +194,10 @@ def main() -> None:
     for name, repo in REFERENCES.items():
         ap.add_argument(f"--reference-{name}", type=Path, metavar="PATH",
                         help=f"a {repo} checkout: time its own inference next to ovss's {name}")
+    ap.add_argument("--deep-methods", default="resclip,scclip,cliptrase",
+                    help="ResCLIP / SC-CLIP / CLIPtrase rows (seconds and peak memory); '' for none")
+    ap.add_argument("--reference-resclip", type=Path, metavar="PATH",
+                    help="a yvhangyang/ResCLIP checkout: measure its SFR prior next to ovss's")
     args = ap.parse_args()
     ref_paths = {name: getattr(args, f"reference_{name}") for name in REFERENCES}
 
@@ -135,15 +226,22 @@ def main() -> None:
     rows[-2]["ratio"], rows[-1]["ratio"] = 1.0, rows[-1]["seconds"] / rows[-2]["seconds"]
     if any(ref_paths.values()):
         rows += reference_rows(model, clip, image, ref_paths, args.repeats, args.device)
+    deep = [m for m in args.deep_methods.split(",") if m]
+    if deep:
+        rows += deep_rows(clip, image, deep, args.repeats, args.device, args.reference_resclip)
 
     env = {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "repeats": args.repeats}
-    lines = ["| what | seconds (median) | ratio to first of pair |", "|---|---|---|"]
-    lines += [f"| {r['what']} | {r['seconds']:.3f} | {r['ratio']:.2f}x |" for r in rows]
+    lines = ["| what | seconds (median) | ratio to first of pair | peak MB above baseline |", "|---|---|---|---|"]
+    fmt = (lambda v, f: "-" if v is None else format(v, f))
+    lines += [f"| {r['what']} | {r['seconds']:.3f} | {fmt(r.get('ratio'), '.2f')}{'x' if r.get('ratio') else ''} "
+              f"| {fmt(r.get('peak_mb'), '.0f')} |" for r in rows]
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     refs = "".join(f" --reference-{n} <{REFERENCES[n]} checkout>" for n, p in ref_paths.items() if p)
+    refs += f" --deep-methods {args.deep_methods}" if args.deep_methods != "resclip,scclip,cliptrase" else ""
+    refs += " --reference-resclip <yvhangyang/ResCLIP checkout>" if args.reference_resclip else ""
     header = (f"# Inference speed (ViT-B/16-sized random weights)\n\nCommand: `python benchmarks/bench_inference.py"
               f" --repeats {args.repeats} --device {args.device}{refs}`\n\n"
               f"Environment: {json.dumps(env)}\n\n")

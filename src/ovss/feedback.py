@@ -189,17 +189,23 @@ class SFR:
         return {}
 
     def seed_labels(self, ctx, mixes=()) -> torch.Tensor:
-        """The first pass's patch label map (B, h, w), query indices."""
-        logits = ctx.logits(ctx.features(mixes))
-        up = F.interpolate(logits, size=ctx.images.shape[-2:], mode="bilinear", align_corners=False)
-        if self.pamr_steps > 0:
-            from .refine.pamr import PAMR
+        """The first pass's patch label map (B, h, w), query indices. The crop-size steps run
+        one window at a time: PAMR's buffer is (Q, 8 x dilations, H, W) per window (67 MB for
+        21 queries on a 224 crop), not per batch of windows."""
+        from .refine.pamr import PAMR
 
-            up = PAMR(self.pamr_steps, self.pamr_dilations)(up, ctx.images)
-        probs = (up * self.logit_scale).softmax(dim=1)
-        pred = probs.argmax(dim=1)
-        pred[probs.amax(dim=1) < self.seed_thd] = 0
-        return patch_mode(pred, ctx.visual.patch_size, logits.shape[1])
+        logits = ctx.logits(ctx.features(mixes))
+        pamr = PAMR(self.pamr_steps, self.pamr_dilations) if self.pamr_steps > 0 else None
+        out = []
+        for i in range(logits.shape[0]):
+            up = F.interpolate(logits[i : i + 1], size=ctx.images.shape[-2:], mode="bilinear", align_corners=False)
+            if pamr is not None:
+                up = pamr(up, ctx.images[i : i + 1])
+            probs = (up * self.logit_scale).softmax(dim=1)
+            pred = probs.argmax(dim=1)
+            pred[probs.amax(dim=1) < self.seed_thd] = 0
+            out.append(patch_mode(pred, ctx.visual.patch_size, logits.shape[1]))
+        return torch.cat(out)
 
     def prior(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, h, w) patch labels -> (B, 1, 1 + h*w, 1 + h*w) prior (class-token row/column 0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,6 +43,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+class _TensorKeyed:
+    """{tensor: value} holding its keys weakly (an entry goes when its tensor is freed); keys
+    compare by identity (weakref.WeakKeyDictionary would compare tensors with ==)."""
+
+    def __init__(self):
+        self._items: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def __setitem__(self, key: torch.Tensor, value: Any) -> None:
+        items, k = self._items, id(key)
+        items[k] = (weakref.ref(key, lambda _, k=k: items.pop(k, None)), value)
+
+    def __getitem__(self, key: torch.Tensor) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise KeyError("no features for this tensor")
+        return value
+
+    def get(self, key: torch.Tensor, default: Any = None) -> Any:
+        ref, value = self._items.get(id(key), (None, default))
+        return value if ref is not None and ref() is key else default
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class Segmenter:
     """A method recipe with its weights loaded; call it on (image, classes).
 
@@ -65,6 +91,8 @@ class Segmenter:
         else:
             clip.model.to(self.device)
         self.clip: LoadedClip = clip
+        # network input -> features its readout left for refiners (see stitched_logits)
+        self._features = _TensorKeyed()
         if clip.pretrained is not None and clip.pretrained.recipe_overrides:
             self.recipe = self.method.resolve(preset, overrides, base=dict(clip.pretrained.recipe_overrides))
         self.backbone = backbone
@@ -133,8 +161,9 @@ class Segmenter:
         cache: dict = {}
         logits = slide_logits(x, lambda crops: self.patch_logits(crops, queries, cache if whole else None),
                               p, self.visual.patch_size)
-        cache["x"] = x
-        self._refine_cache = cache  # the readout's features of the whole image, for refiners
+        # the readout's features of the whole image, for refiners; keyed by this call's own input
+        # tensor (weakly: dropped with it), so calls share nothing
+        self._features[x] = cache
         return logits, rgb, x
 
     def refine(self, logits: torch.Tensor, x: torch.Tensor, spec: ClassSpec | None = None) -> torch.Tensor:
@@ -152,9 +181,9 @@ class Segmenter:
                 if context is None:
                     from .refine import RefineContext
 
-                    cache = getattr(self, "_refine_cache", None)
-                    if cache is None or cache.get("x") is not x:
-                        cache = {}  # features left by another image's pass are not this one's
+                    cache = self._features.get(x)
+                    if cache is None:  # x did not come from stitched_logits: the refiner computes
+                        cache = {}
                     context = RefineContext(self.visual, x, spec.query_to_class if spec else None,
                                             len(spec) if spec else None, cache, self.recipe.pos_resize)
                 out = refiner(out, guide, context=context)

@@ -90,6 +90,8 @@ def test_bad_taps_are_refused(vit, image):
         vit.forward_tokens(image, keep_attn=(5,))  # the last block is not run by default
     with pytest.raises(ValueError, match="not run"):
         vit.forward_tokens(image, taps={"x": Tap("attn", (-1,), "mean")})
+    with pytest.raises(ValueError, match="do not exist"):
+        vit.forward_tokens(image, taps={"x": Tap("attn", (8,))})  # 6 blocks: no wrapping around
     with pytest.raises(ValueError):
         Tap("qkv", (1,), "mean")
     with pytest.raises(ValueError):

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from make_clip_golden import load_module, perturb_  # noqa: E402
-from make_methods_golden import (  # noqa: E402
+from make_clip_golden import load_module, perturb_
+from make_methods_golden import (
     CLASS_LINES,
     _module,
     _Sample,
@@ -285,12 +285,15 @@ def resclip_runs(root: Path, state: dict, dims: dict, runs: dict, queries, class
             rcs, sfr = r.plugins
             a_c = rcs.middle_attention(ctx)[0]
             s = sfr.seed_labels(ctx, tuple(rcs.mixes(ctx, ())))[0]
-            prior = sfr.prior(s[None])[0, 0]
+            from ovss.feedback import label_affinity
+
+            prior = torch.zeros_like(rec["prior"][0][0])
+            prior[1:, 1:] = label_affinity(s, sfr.line, sfr.std, sfr.smooth)  # before the max division / half
             n_heads = a_c.shape[0]
             ref_ac = rec["rcs"][0].view(n_heads, *a_c.shape[1:]) if rec["rcs"][0].shape[0] == n_heads else rec["rcs"][0]
             print(f"  ViT-B/16 {run} {size}: max |A_c diff| {(a_c - ref_ac).abs().max().item():.3g}, "
                   f"seed maps equal {torch.equal(s.cpu(), seed.cpu())}, max |prior diff| "
-                  f"{(prior.float() - rec['prior'][0][0].float()).abs().max().item():.3g}, "
+                  f"{(prior - rec['prior'][0][0]).abs().max().item():.3g}, "
                   f"max |logit diff| {(lg - logits).abs().max().item():.3g}, labels equal on "
                   f"{100 * (lb == labels).float().mean().item():.4f}% of pixels")
     return out, q2c
@@ -572,13 +575,27 @@ def cliptrase_runs(root: Path, state: dict, dims: dict, runs: dict, queries: tor
         out[run] = dict(image=image, pred=pred, logits=logits, dbscan=rec["dbscan"], map11=rec["map11"], bg=bg)
         if full:
             # ovss: classes (background first when there is one) and the reference's label numbering
+            from ovss.refine import RefineContext
+
             q2c, order = cliptrase_classes(bg)
             ours = ovss_segmenter(clip, "cliptrase", preset, over, queries[order])
             lg, lb = ovss_predict(ours, image, q2c, (size, size))
             want = cliptrase_labels_to_ovss(pred, bg)
-            print(f"  ViT-B/16 {run}: labels equal on {100 * (lb == want).float().mean().item():.4f}% of pixels")
+            plain = ovss_segmenter(clip, "cliptrase", preset, {**over, "plugins": "", "refiners": ""}, queries[order])
+            plg, _ = ovss_predict(plain, image, q2c, (size, size))
+            ctx = RefineContext(ours.visual, normalise_for(ours, image), q2c, None, {})
+            labels_db, _ = ours.recipe.refiners[0].regions(ctx, (size, size))
+            print(f"  ViT-B/16 {run}: DBSCAN labels equal {torch.equal(labels_db, rec['dbscan'])} "
+                  f"({int(labels_db.max()) + 1} clusters), max |logit diff| {(plg - logits[order]).abs().max().item():.3g}, "
+                  f"labels equal on {100 * (lb == want).float().mean().item():.4f}% of pixels")
     script.get_visual_features, script.DBSCAN, script.F = script._orig_gvf, script._orig_dbscan, F
     return out
+
+
+def normalise_for(seg, image: torch.Tensor) -> torch.Tensor:
+    from ovss.inference import preprocess
+
+    return preprocess(image.numpy(), seg.recipe.protocol)
 
 
 def cliptrase_classes(bg: bool):

@@ -8,11 +8,11 @@ blocks 6-9) and the SFR matrix. ovss's `Segmenter` runs the `resclip` presets on
 with the golden queries in place of the text bank and no test-time resize.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from deep_parity import GOLDEN, VOCAB, assert_labels_equal, small_clip, spec_of
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -22,7 +22,6 @@ from ovss.inference import upsample, window_boxes
 from ovss.methods import get_method
 from ovss.pipeline import Segmenter
 from ovss.rcs import RCS
-from deep_parity import GOLDEN, VOCAB, assert_labels_equal, small_clip, spec_of
 
 torch.set_num_threads(1)
 FILE = GOLDEN / "resclip_small.safetensors"

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from deep_parity import GOLDEN, VOCAB, assert_labels_equal, small_clip, spec_of
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from deep_parity import GOLDEN, VOCAB, assert_labels_equal, small_clip, spec_of
 from ovss.affinity import aggregate, cosine_matrix, proxy_logits, threshold
 from ovss.anomaly import lof_outliers, lof_scores, repair_tokens
 from ovss.dense import pass_context

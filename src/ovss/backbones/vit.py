@@ -19,7 +19,6 @@ from .configs import VisionCfg
 from .pos_embed import resize_pos_embed
 from .transformer import LayerNorm, Transformer
 
-
 _TAP_KINDS = ("tokens", "attn", "qkv")
 _TAP_REDUCE = ("none", "mean", "sum")
 
@@ -127,6 +126,11 @@ class VisionTransformer(nn.Module):
         n = len(self.blocks)
         upto = n - 1 if upto is None else upto
         taps = dict(taps or {})
+        bad = sorted({i for i in (*keep_layers, *keep_attn, *(j for t in taps.values() for j in t.layers))
+                      if not -n <= i < n})
+        if bad:
+            raise ValueError(f"block indices {bad} do not exist: this tower has {n} blocks (0..{n - 1}, or "
+                             f"-{n}..-1 from the end)")
         keep = {i % n for i in keep_layers}
         keep_a = {i % n for i in keep_attn}
         tap_layers = {name: [i % n for i in t.layers] for name, t in taps.items()}

@@ -37,8 +37,8 @@ label in both, but CLIPtrase numbers the background class last (C) where ovss nu
 """
 
 from ..attention import AttentionRule
-from ..dense import Surgery, plugin_spec
 from ..cls_prior import ClsPrior
+from ..dense import Surgery, plugin_spec
 from ..inference import Decision, Protocol
 from ..refine.cluster import Cluster
 from .base import MethodSpec, Preset, Recipe, register_method

@@ -13,7 +13,8 @@ declares `taps()` gets them from the readout's own pass when the image is one wi
 
 from __future__ import annotations
 
-from typing import Callable, Protocol as _Protocol
+from typing import Callable
+from typing import Protocol as _Protocol
 
 import torch
 
@@ -77,5 +78,5 @@ def parse_refiner(text: str, registry: Registry | None = None) -> Refiner:
     return (REFINERS if registry is None else registry).get(name.strip())(**kwargs)
 
 
-from . import cluster as _cluster  # noqa: F401,E402  (registers "cluster")
-from . import pamr as _pamr  # noqa: F401,E402  (registers "pamr")
+from . import cluster as _cluster  # noqa: F401  (registers "cluster")
+from . import pamr as _pamr  # noqa: F401  (registers "pamr")
