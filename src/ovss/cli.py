@@ -157,6 +157,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         win = "whole image" if p.crop == 0 else f"windows {p.crop}/{p.stride}"
         print(f"          short side {p.short_side}, {win}, logit scale {r.decision.logit_scale}, "
               f"prob_thd {r.decision.prob_thd}, area_thd {r.decision.area_thd}")
+        if r.plugins or r.refiners:
+            print(f"          plug-ins {[repr(x) for x in r.plugins]}, refiners {[repr(x) for x in r.refiners]}")
         for pname, preset in m.presets.items():
             print(f"  preset {pname}:")
             for k, v in preset.overrides.items():
