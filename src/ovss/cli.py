@@ -92,16 +92,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = create_dataset(args.dataset, args.root)
     methods = list_methods() if args.method == "all" else [m.strip() for m in args.method.split(",")]
     base = Path(args.out) if args.out else Path("results") / dataset.name
-    rows = []
+    rows, skipped = [], []
     for name in methods:
         out = base / name if len(methods) > 1 or not args.out else base
-        results = _eval_one(args, name, dataset, out)
+        try:
+            results = _eval_one(args, name, dataset, out)
+        except ValueError as e:
+            if args.method != "all":
+                raise
+            skipped.append((name, str(e)))  # e.g. a method that needs middle layers a small backbone lacks
+            print(f"skipped {name}: {e}", file=sys.stderr)
+            continue
         if results is not None:
             rows.append((name, results))
     if len(rows) > 1:
         from .evaluate import summary_table
 
-        table = summary_table(rows)
+        table = summary_table(rows, skipped)
         (base / "summary.md").write_text(table)
         print(table)
         print(f"summary written to {base / 'summary.md'}")

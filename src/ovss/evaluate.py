@@ -179,8 +179,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summary_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """One line per method: mIoU, mAcc, aAcc (several methods on one dataset)."""
+def summary_table(rows: list[tuple[str, dict[str, Any]]], skipped: list[tuple[str, str]] = ()) -> str:
+    """One line per method: mIoU, mAcc, aAcc (several methods on one dataset), then the skipped."""
     first = rows[0][1]
     s = first["settings"]
     lines = [f"# {first['dataset']}: {first['metrics']['num_images']} images, backbone `{s.get('backbone')}`", "",
@@ -189,6 +189,8 @@ def summary_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
         m = r["metrics"]
         lines.append(f"| {name} | {r['settings'].get('preset')} | {_fmt(m['mIoU'])} | {_fmt(m['mAcc'])} | "
                      f"{_fmt(m['aAcc'])} |")
+    if skipped:
+        lines += ["", "Skipped:"] + [f"- {name}: {why}" for name, why in skipped]
     return "\n".join(lines) + "\n"
 
 
