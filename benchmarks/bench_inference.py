@@ -2,7 +2,8 @@
 
     python benchmarks/bench_inference.py [--repeats 3] [--device cpu] \
         [--reference-sclip PATH] [--reference-clearclip PATH] [--reference-naclip PATH] \
-        [--deep-methods resclip,scclip,cliptrase] [--reference-resclip PATH]
+        [--deep-methods resclip,scclip,cliptrase] [--reference-resclip PATH] \
+        [--graph-methods proxyclip,lposs,lposs+]
 
 ResCLIP, SC-CLIP and CLIPtrase (`--deep-methods`) are timed on the same 500x375 image with their
 default recipes and with their VOC21 presets, each with its peak memory: the growth of the
@@ -185,12 +186,46 @@ def deep_rows(clip, image, methods: list[str], repeats: int, device: str, refere
     return rows
 
 
+def graph_rows(clip, image, methods: list[str], repeats: int, device: str) -> list[dict]:
+    """ProxyCLIP / LPOSS / LPOSS+ (issue 5): seconds per image and peak memory with their default
+    recipes on the 500x375 image, with ViT-B-sized random DINO proxies (DINO ViT-B/8 for
+    ProxyCLIP, ViT-B/16 for LPOSS: registered in place of the published weights), and LPOSS+ on a
+    2048x1024 image (resized by its protocol to 896x448: 21 windows, 4116 graph nodes, a
+    401k-pixel graph applied without an edge list)."""
+    from ovss.backbones.dino import DINO_ARCHS
+    from ovss.backbones.vit import VisionTransformer
+    from ovss.methods.proxyclip import register_vfm
+
+    torch.manual_seed(1)
+    for name in ("dino-vitb8", "dino-vitb16"):
+        register_vfm(name, VisionTransformer(DINO_ARCHS[name]).eval().to(device))
+    rows = []
+    for method in methods:
+        seg = Segmenter(method, device=device, clip=clip, tokenizer=VOCAB, text_cache_dir="/tmp/ovss-bench-text")
+        seg(image, VOC_CLASSES)
+        mem = peak_mb(lambda: seg(image, VOC_CLASSES, keep_image=False))
+        s = timed(lambda: seg(image, VOC_CLASSES, keep_image=False), repeats)
+        p = seg.recipe.protocol
+        rows.append({"what": f"{method} (default recipe, short side {p.short_side}, windows {p.crop}/{p.stride}): "
+                             "500x375 image", "seconds": s, "peak_mb": mem})
+    if "lposs+" in methods:
+        big = np.random.default_rng(2).integers(0, 256, (1024, 2048, 3), dtype=np.uint8)
+        seg = Segmenter("lposs+", device=device, clip=clip, tokenizer=VOCAB, text_cache_dir="/tmp/ovss-bench-text")
+        mem = peak_mb(lambda: seg(big, VOC_CLASSES, keep_image=False))
+        s = timed(lambda: seg(big, VOC_CLASSES, keep_image=False), max(1, repeats - 2))
+        rows.append({"what": "lposs+ (default recipe): 2048x1024 image (network input 896x448)", "seconds": s,
+                     "peak_mb": mem})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", default="dense-clip,maskclip")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    ap.add_argument("--out-name", default="inference", help="results file stem (<out>/<name>.{md,json})")
+    ap.add_argument("--no-text", action="store_true", help="skip the text-bank rows")
     for name, repo in REFERENCES.items():
         ap.add_argument(f"--reference-{name}", type=Path, metavar="PATH",
                         help=f"a {repo} checkout: time its own inference next to ovss's {name}")
@@ -198,6 +233,8 @@ def main() -> None:
                     help="ResCLIP / SC-CLIP / CLIPtrase rows (seconds and peak memory); '' for none")
     ap.add_argument("--reference-resclip", type=Path, metavar="PATH",
                     help="a yvhangyang/ResCLIP checkout: measure its SFR prior next to ovss's")
+    ap.add_argument("--graph-methods", default="proxyclip,lposs,lposs+",
+                    help="ProxyCLIP / LPOSS / LPOSS+ rows (seconds and peak memory); '' for none")
     args = ap.parse_args()
     ref_paths = {name: getattr(args, f"reference_{name}") for name in REFERENCES}
 
@@ -207,7 +244,7 @@ def main() -> None:
     tok = Tokenizer.from_file(VOCAB)
     image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
     rows = []
-    for method in args.methods.split(","):
+    for method in [m for m in args.methods.split(",") if m]:
         for label, wb in (("windows batched", 32), ("one window at a time", 1)):
             seg = Segmenter(method, device=args.device, clip=clip, tokenizer=VOCAB,
                             overrides={"protocol.window_batch": wb}, text_cache_dir="/tmp/ovss-bench-text")
@@ -218,17 +255,23 @@ def main() -> None:
         rows[-2]["ratio"] = 1.0
 
     prompts = len(VOC_CLASSES) * 80
-    for label, crop in (("context cropped to the longest prompt", True), ("full 77-token context", False)):
+    for label, crop in (() if args.no_text else (("context cropped to the longest prompt", True),
+                                                   ("full 77-token context", False))):
         def run(crop=crop):
             TextBank(model, tok, "bench", "imagenet80", use_cache=False, crop_context=crop).encode_queries(VOC_CLASSES)
         rows.append({"what": f"text bank, 21 classes x 80 templates ({prompts} prompts), {label}",
                      "seconds": timed(run, args.repeats)})
-    rows[-2]["ratio"], rows[-1]["ratio"] = 1.0, rows[-1]["seconds"] / rows[-2]["seconds"]
+    if not args.no_text:
+        rows[-2]["ratio"], rows[-1]["ratio"] = 1.0, rows[-1]["seconds"] / rows[-2]["seconds"]
     if any(ref_paths.values()):
         rows += reference_rows(model, clip, image, ref_paths, args.repeats, args.device)
     deep = [m for m in args.deep_methods.split(",") if m]
     if deep:
         rows += deep_rows(clip, image, deep, args.repeats, args.device, args.reference_resclip)
+
+    graph = [m for m in args.graph_methods.split(",") if m]
+    if graph:
+        rows += graph_rows(clip, image, graph, args.repeats, args.device)
 
     env = {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "repeats": args.repeats}
@@ -242,11 +285,15 @@ def main() -> None:
     refs = "".join(f" --reference-{n} <{REFERENCES[n]} checkout>" for n, p in ref_paths.items() if p)
     refs += f" --deep-methods {args.deep_methods}" if args.deep_methods != "resclip,scclip,cliptrase" else ""
     refs += " --reference-resclip <yvhangyang/ResCLIP checkout>" if args.reference_resclip else ""
+    refs += f" --graph-methods {args.graph_methods}" if args.graph_methods != "proxyclip,lposs,lposs+" else ""
+    refs += f" --methods {args.methods}" if args.methods != "dense-clip,maskclip" else ""
+    refs += " --no-text" if args.no_text else ""
+    refs += f" --out-name {args.out_name}" if args.out_name != "inference" else ""
     header = (f"# Inference speed (ViT-B/16-sized random weights)\n\nCommand: `python benchmarks/bench_inference.py"
               f" --repeats {args.repeats} --device {args.device}{refs}`\n\n"
               f"Environment: {json.dumps(env)}\n\n")
-    (args.out / "inference.md").write_text(header + table + "\n")
-    (args.out / "inference.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+    (args.out / f"{args.out_name}.md").write_text(header + table + "\n")
+    (args.out / f"{args.out_name}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ class AttentionRule:
     """A last-block attention rule.
 
     terms: similarity matrices whose softmaxes are *summed* (SCLIP sums q-q and k-k, so rows sum
-        to 2): "qk" (vanilla), "qq", "kk", "vv"; or ("id",) for identity attention (value path).
+        to 2): "qk" (vanilla), "qq", "kk", "vv"; or ("id",) for identity attention (value path);
+        or () for an affinity-only rule, whose attention comes from "term" mixes alone
+        (ProxyCLIP's DINO affinity).
     prior: None or "gaussian": exp(-|p_i - p_j|^2 / (2 std^2)) over patch positions, added to
         every term's logits before the softmax, unscaled, zero on the class-token row/column.
     prior_std: the Gaussian's std in patches.
@@ -49,8 +51,8 @@ class AttentionRule:
 
     def __post_init__(self) -> None:
         bad = [t for t in self.terms if t not in _TERMS]
-        if bad or not self.terms:
-            raise ValueError(f"unknown attention terms {bad or '()'}; choose from {sorted(_TERMS)}")
+        if bad:
+            raise ValueError(f"unknown attention terms {bad}; choose from {sorted(_TERMS)}")
         if "id" in self.terms and len(self.terms) > 1:
             raise ValueError("identity attention ('id') cannot be combined with other terms")
         if self.prior not in (None, "gaussian"):
@@ -145,6 +147,8 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, rule: AttentionRule, gri
     if prior is not None:
         prior = prior.to(device=q.device, dtype=q.dtype)
     pre = [m for m in mixes if m.where == "logits"]
+    if not rule.terms and not any(m.where == "term" for m in mixes):
+        raise ValueError("an affinity-only rule (no terms) needs at least one 'term' mix")
     attn, count = None, 0
     for m in mixes:  # external terms first (SC-CLIP's order)
         if m.where == "term":

@@ -97,10 +97,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = base / name if len(methods) > 1 or not args.out else base
         try:
             results = _eval_one(args, name, dataset, out)
-        except ValueError as e:
+        except (ValueError, FileNotFoundError) as e:
             if args.method != "all":
                 raise
-            skipped.append((name, str(e)))  # e.g. a method that needs middle layers a small backbone lacks
+            # e.g. a method that needs middle layers a small backbone lacks, or a second model's weights
+            skipped.append((name, str(e).split("\n")[0]))
             print(f"skipped {name}: {e}", file=sys.stderr)
             continue
         if results is not None:

@@ -55,11 +55,11 @@ def last_block(block: Block, x: torch.Tensor, rule: AttentionRule, surgery: Surg
                grid: tuple[int, int], mixes: tuple[Mix, ...] | list[Mix] = ()) -> torch.Tensor:
     """Run `block` on tokens x (B, N, D) with `rule`, `surgery` and external `mixes`."""
     q, k, v = block.attn.qkv(block.ln_1(x))
-    y = block.attn.merge(attend(q, k, v, rule, grid, mixes))
+    y = block.ls_1(block.attn.merge(attend(q, k, v, rule, grid, mixes)))
     if surgery.residual:
         y = x + y
     if surgery.ffn:
-        y = y + block.mlp(block.ln_2(y))
+        y = y + block.ls_2(block.mlp(block.ln_2(y)))
     return y
 
 
@@ -95,7 +95,8 @@ class PassContext:
         """(B, h*w, C) normalised features -> cosine patch logits (B, Q, h, w) against the queries."""
         if self.queries is None:
             raise ValueError("this head plug-in needs the text queries")
-        h, w = self.grid
+        # a readout on another grid than the backbone's (ProxyCLIP: the proxy model's) says so here
+        h, w = self.cache.get("readout_grid", self.grid)
         lg = feats @ self.queries.to(feats.dtype).T
         return lg.transpose(1, 2).reshape(feats.shape[0], -1, h, w)
 

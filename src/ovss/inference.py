@@ -34,6 +34,8 @@ class Protocol:
         size and crop the logits back (ClearCLIP); otherwise the remainder is dropped (SCLIP).
     mean, std: per-channel normalisation on the 0-255 scale (RGB).
     window_batch: at most this many windows per forward pass: the memory bound of the backbone.
+    pad_multiple: with pad_to_patch, pad to a multiple of this instead of the patch size
+        (ProxyCLIP pads to 56, a multiple of every patch size it pairs).
     """
 
     short_side: int | None = 336
@@ -44,6 +46,7 @@ class Protocol:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     window_batch: int = 32
+    pad_multiple: int | None = None
 
 
 def resized_size(h: int, w: int, short_side: int | None, long_cap: int) -> tuple[int, int]:
@@ -115,7 +118,7 @@ def slide_logits(image: torch.Tensor, readout: Readout, protocol: Protocol, patc
         crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
         pad = (0, 0, 0, 0)
         if protocol.pad_to_patch:
-            crops, pad = _pad_to_multiple(crops, patch_size)
+            crops, pad = _pad_to_multiple(crops, protocol.pad_multiple or patch_size)
         logits = readout(crops)
         logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
         if any(pad):

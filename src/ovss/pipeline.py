@@ -156,9 +156,16 @@ class Segmenter:
         x = preprocess(rgb, self.recipe.protocol, self.device)
         queries = self.text_bank.encode(spec).to(self.device)
         p = self.recipe.protocol
+        mult = p.pad_multiple or self.visual.patch_size
         whole = len(window_boxes(x.shape[-2], x.shape[-1], p.crop, p.stride)) == 1 and not (
-            p.pad_to_patch and (x.shape[-2] % self.visual.patch_size or x.shape[-1] % self.visual.patch_size))
+            p.pad_to_patch and (x.shape[-2] % mult or x.shape[-1] % mult))
         cache: dict = {}
+        joint = [pl for pl in self.recipe.plugins if hasattr(pl, "joint_slide")]
+        if joint:  # a head that needs every window at once (LPOSS's one graph per image)
+            with torch.no_grad():
+                logits = joint[0].joint_slide(self, x, queries)
+            self._features[x] = cache
+            return logits, rgb, x
         logits = slide_logits(x, lambda crops: self.patch_logits(crops, queries, cache if whole else None),
                               p, self.visual.patch_size)
         # the readout's features of the whole image, for refiners; keyed by this call's own input
@@ -166,17 +173,23 @@ class Segmenter:
         self._features[x] = cache
         return logits, rgb, x
 
-    def refine(self, logits: torch.Tensor, x: torch.Tensor, spec: ClassSpec | None = None) -> torch.Tensor:
+    def refine(self, logits: torch.Tensor, x: torch.Tensor, spec: ClassSpec | None = None,
+               stage: str | None = "full") -> torch.Tensor:
         """Apply the recipe's pixel refiners to (Q, H, W) logits; the guide is the network
         input resized to (H, W), as SCLIP and NACLIP feed PAMR. Refiners that need context
         (`needs_context`) also get a `refine.RefineContext` (the class list's query map, the
-        backbone's features of the whole input `x`)."""
-        if not self.recipe.refiners:
+        backbone's features of the whole input `x`). `stage`: only the refiners of that stage
+        ("network": before the resize to the original size; "full", the default: after it);
+        None: all of them, network-stage ones first."""
+        if stage is None:
+            return self.refine(self.refine(logits, x, spec, "network"), x, spec, "full")
+        refiners = [r for r in self.recipe.refiners if getattr(r, "stage", "full") == stage]
+        if not refiners:
             return logits
         guide = upsample(x[0], tuple(logits.shape[-2:]))[None]
         out = logits[None]
         context = None
-        for refiner in self.recipe.refiners:
+        for refiner in refiners:
             if getattr(refiner, "needs_context", False):
                 if context is None:
                     from .refine import RefineContext
@@ -198,6 +211,8 @@ class Segmenter:
         `refine=False`) and before logit scale, softmax and thresholds."""
         spec = parse_classes(classes)
         low, rgb, x = self.stitched_logits(image, spec)
+        if refine:
+            low = self.refine(low, x, spec, "network")
         full = upsample(low, rgb.shape[:2])
         return self.refine(full, x, spec) if refine else full
 
@@ -239,6 +254,7 @@ class Segmenter:
         thd_bg = spec.background or d.prob_thd <= 0
         dd = d if thd_bg else type(d)(d.logit_scale, 0.0, d.area_thd)
         h, w = size
+        low = self.refine(low, x, spec, "network")
         if low.shape[0] * h * w <= FULL_SIZE_BUDGET:
             logits = self.refine(upsample(low, size), x, spec)
             probs = class_probabilities(logits, q2c, nc, d.logit_scale)
@@ -251,7 +267,7 @@ class Segmenter:
                      for c in range(nc)]
             return lab, probs_np, means, True, assigned
         # Over the budget, pixel refiners run at the network resolution instead (documented).
-        return self._decide_banded(self.refine(low, x, spec), size, spec, dd)
+        return self._decide_banded(self.refine(low, x, spec, "full"), size, spec, dd)
 
     def _decide_banded(self, low, size, spec, dd):
         d = self.recipe.decision

@@ -21,6 +21,13 @@ class VisionCfg:
     act: str = "quick_gelu"  # "quick_gelu" (OpenAI CLIP) or "gelu" (OpenCLIP laion, exact erf GELU)
     ln_eps: float = 1e-5  # LayerNorm epsilon (OpenAI 1e-5; MaskCLIP's mmseg port uses 1e-6)
     mlp_ratio: float = 4.0  # hidden width of the FFN relative to width
+    # DINO / DINOv2 towers (defaults are CLIP's): no LayerNorm after the patch embedding, a biased
+    # patch conv, per-block LayerScale (DINOv2), register tokens after the class token (DINOv2
+    # with registers). Their final `norm` is `ln_post` with no projection (output_dim None).
+    ln_pre: bool = True
+    patch_bias: bool = False
+    layer_scale: bool = False
+    registers: int = 0
 
     @property
     def grid(self) -> int:

@@ -67,8 +67,8 @@ _OPENAI_SCALARS = ("input_resolution", "context_length", "vocab_size")
 _DROP_SUFFIXES = ("attn_mask", "position_ids")
 # Top-level OpenAI/OpenCLIP keys that belong to the text tower (moved under `text.`).
 _TEXT_TOP = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
-# Wrappers around a state dict in training checkpoints, tried in order.
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "state_dict_ema")
+# Wrappers around a state dict in training checkpoints, tried in order ("teacher": DINO full checkpoints).
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "state_dict_ema", "teacher")
 # Key prefixes added by DDP (`module.`), torch.compile (`_orig_mod.`) and some trainers (`model.`).
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
 

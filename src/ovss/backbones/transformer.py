@@ -97,31 +97,45 @@ class Mlp(nn.Sequential):
         self.c_proj = nn.Linear(hidden, width)
 
 
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (DINOv2's `ls1` / `ls2`, parameter `gamma`)."""
+
+    def __init__(self, width: int, init: float = 1.0):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((width,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """x + attn(ln_1 x), then + mlp(ln_2 x)."""
+    """x + ls_1(attn(ln_1 x)), then + ls_2(mlp(ln_2 x)); ls_* (LayerScale) only with
+    `layer_scale=True` (DINOv2), the identity otherwise (no parameters)."""
 
     def __init__(self, width: int, heads: int, act: str = "quick_gelu", ln_eps: float = 1e-5,
-                 mlp_ratio: float = 4.0):
+                 mlp_ratio: float = 4.0, layer_scale: bool = False):
         super().__init__()
         self.ln_1 = LayerNorm(width, eps=ln_eps)
         self.attn = Attention(width, heads)
         self.ln_2 = LayerNorm(width, eps=ln_eps)
         self.mlp = Mlp(width, round(width * mlp_ratio), act)
+        self.ls_1 = LayerScale(width) if layer_scale else nn.Identity()
+        self.ls_2 = LayerScale(width) if layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, keep: frozenset[str] | tuple = ()):
         """(B, N, D) -> (B, N, D); with `keep` also the attention's extras (see `Attention.forward`)."""
         if not keep:
-            x = x + self.attn(self.ln_1(x), mask)
-            return x + self.mlp(self.ln_2(x))
+            x = x + self.ls_1(self.attn(self.ln_1(x), mask))
+            return x + self.ls_2(self.mlp(self.ln_2(x)))
         y, extras = self.attn(self.ln_1(x), mask, keep)
-        x = x + y
-        return x + self.mlp(self.ln_2(x)), extras
+        x = x + self.ls_1(y)
+        return x + self.ls_2(self.mlp(self.ln_2(x))), extras
 
 
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, act: str = "quick_gelu",
-                 ln_eps: float = 1e-5, mlp_ratio: float = 4.0):
+                 ln_eps: float = 1e-5, mlp_ratio: float = 4.0, layer_scale: bool = False):
         super().__init__()
         self.resblocks = nn.ModuleList(
-            [Block(width, heads, act, ln_eps, mlp_ratio) for _ in range(layers)]
+            [Block(width, heads, act, ln_eps, mlp_ratio, layer_scale) for _ in range(layers)]
         )

@@ -76,11 +76,14 @@ class VisionTransformer(nn.Module):
         self.pos_resize = pos_resize  # see pos_embed.resize_pos_embed
         w = cfg.width
         scale = w**-0.5
-        self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.conv1 = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
         self.class_embedding = nn.Parameter(scale * torch.randn(w))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid**2 + 1, w))
-        self.ln_pre = LayerNorm(w, eps=cfg.ln_eps)
-        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.act, cfg.ln_eps, cfg.mlp_ratio)
+        # DINOv2 register tokens: inserted after the class token, after the positional embedding
+        self.register_tokens = nn.Parameter(torch.zeros(cfg.registers, w)) if cfg.registers else None
+        self.ln_pre = LayerNorm(w, eps=cfg.ln_eps) if cfg.ln_pre else nn.Identity()
+        self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.act, cfg.ln_eps, cfg.mlp_ratio,
+                                       cfg.layer_scale)
         self.ln_post = LayerNorm(w, eps=cfg.ln_eps)
         self.proj = nn.Parameter(scale * torch.randn(w, cfg.output_dim)) if cfg.output_dim else None
 
@@ -89,12 +92,18 @@ class VisionTransformer(nn.Module):
         return self.cfg.patch_size
 
     @property
+    def n_prefix(self) -> int:
+        """Tokens before the patch tokens: the class token and any register tokens."""
+        return 1 + self.cfg.registers
+
+    @property
     def blocks(self) -> nn.ModuleList:
         return self.transformer.resblocks
 
     def embed(self, x: torch.Tensor, pos_resize: str | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Images (B, 3, H, W) -> (B, 1 + h*w, D) tokens after ln_pre. A remainder of H or W
-        that does not fill a patch is dropped by the strided conv, as in the reference code."""
+        """Images (B, 3, H, W) -> (B, n_prefix + h*w, D) tokens after ln_pre (class token, then
+        registers if any, then patches). A remainder of H or W that does not fill a patch is
+        dropped by the strided conv, as in the reference code."""
         if x.shape[-2] < self.patch_size or x.shape[-1] < self.patch_size:
             raise ValueError(
                 f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch"
@@ -105,6 +114,9 @@ class VisionTransformer(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
         x = x + resize_pos_embed(self.positional_embedding, grid, pos_resize or self.pos_resize).to(x.dtype)
+        if self.register_tokens is not None:
+            reg = self.register_tokens.to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :1], reg, x[:, 1:]], dim=1)
         return self.ln_pre(x), grid
 
     def forward_tokens(self, x: torch.Tensor, keep_layers: tuple[int, ...] = (),

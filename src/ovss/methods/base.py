@@ -50,7 +50,8 @@ _PARSERS = {AttentionRule: AttentionRule.parse}
 def _parse_refiners(value: Any) -> tuple:
     from ..refine import parse_refiner
 
-    items = [value] if isinstance(value, str) else list(value)
+    # "pamr+lposs_plus:r=5": several refiners, applied in order (as plug-ins are written)
+    items = value.replace(" ", "").split("+") if isinstance(value, str) else list(value)
     return tuple(parse_refiner(v) if isinstance(v, str) else v for v in items if v != "")
 
 

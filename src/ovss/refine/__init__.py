@@ -4,6 +4,8 @@ A refiner is a frozen dataclass (its settings) with `__call__(logits, guide) -> 
 logits are (1, Q, H, W) cosine logits before the logit scale and guide is the (1, 3, H, W)
 normalised network input resized back to the original size (as SCLIP/NACLIP give PAMR).
 Refiners compose with any method through `Recipe.refiners` (e.g. `--set refiners=pamr`).
+A refiner with `stage = "network"` (LPOSS+) runs on the stitched logits at the network
+resolution, before the resize to the original size, with the network input as its guide.
 
 A refiner that needs more than the logits and the guide sets `needs_context = True` and is
 called as `refiner(logits, guide, context=RefineContext)`: the context knows the query-to-class
@@ -79,4 +81,5 @@ def parse_refiner(text: str, registry: Registry | None = None) -> Refiner:
 
 
 from . import cluster as _cluster  # noqa: F401  (registers "cluster")
+from . import lposs as _lposs  # noqa: F401  (registers "lposs_plus")
 from . import pamr as _pamr  # noqa: F401  (registers "pamr")

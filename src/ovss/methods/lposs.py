@@ -1,0 +1,174 @@
+"""LPOSS and LPOSS+ (Stojnic, Kalantidis, Tolias, CVPR 2025): label propagation over the patches
+of all windows jointly (one graph per image), then (LPOSS+) over pixels.
+
+Reference: vladan-stojnic/LPOSS@e489a7445528922ddfe4e39631ef2fe34827c873.
+- seeds (models/maskclip/maskclip.py:50-91, 185-191; lposs.py:121-140): MaskCLIP's value path on the last
+  block WITH the residual and the FFN (`extract_v`: out_proj(v) + x, + mlp(ln_2)), ln_post, the
+  projection (decode head's 1x1 conv), class token dropped, L2-normalised; positional embedding
+  resized to the crop's grid bicubically to the exact size (mmseg `resize`, maskclip.py:54-66,
+  93-120); Y = cosine with the unit text embeddings (lposs_eval.py:305).
+- graph (lposs_eval.py:50-86): DINO ViT-B/16 (v1) last block's attention values (qkv hook,
+  heads concatenated, class token dropped, L2-normalised; lposs.py:52-105, configs/lposs.yaml
+  `enc_type_feats: v`), kNN k = 400 (self included), weight max(0, s)^gamma * exp(-sigma *
+  |p_i - p_j|^eta) on patch centres in the resized image (window offset + 8 + 16 index),
+  gamma 3, sigma 0.01, eta (pix_dist_pow) 1; W + W^T; D^-1/2 W D^-1/2, diagonal removed.
+- propagation: (I - 0.95 W) Z = Y per class by CG, x0 = 0, tol 1e-6, 10 iterations (89-103).
+- windows 224/112 (segmentation/configs/_base_/datasets/*.py `test_cfg`), all in one graph; each
+  window's Z bilinear to the window, overlaps averaged (lposs_eval.py:307-341).
+- LPOSS+ (configs/lposs_plus.yaml `pixel_refine: true`, tau 0.01, r 13): the refiner
+  `lposs_plus` at the network resolution (`ovss.refine.lposs`), then the resize to the original
+  size (lines 344-362).
+- resize: short side 448, long side <= 2048 (`img_scale=(2048, 448)`); decision: argmax of the
+  propagated scores, background synonyms by max (`reduce_to_true_classes`), no threshold.
+Backbones: OpenCLIP ViT-B/16 laion2b_s34b_b88k (`configs/maskclip.yaml`) and DINO ViT-B/16.
+
+In ovss the patch stage is the head `lposs` (`LPOSSHead.joint_slide`), which replaces the
+per-window readout: it needs every window's features at once.
+
+Not reproduced: FAISS's GPU kNN and CuPy (exact top-k and a column-batched CG of the same steps
+here); the reference normalises 0-1 images with OpenAI's 0-1 mean/std where ovss uses the
+0-255 constants (equal to float rounding). The class lists of LPOSS's dataset files are not
+shipped (the presets take the benchmark's class list from the user).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import AttentionRule
+from ..dense import PLUGINS, Surgery, dense_embeddings
+from ..graphs import lposs_patch_graph, normalize, patch_centres, propagate
+from ..inference import CLIP_MEAN, CLIP_STD, Decision, Protocol, window_boxes
+from ..refine.lposs import LPOSSPlus
+from .base import MethodSpec, Preset, Recipe, register_method
+from .proxyclip import get_vfm
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LPOSSHead:
+    """LPOSS's patch-level stage over all windows of an image (see the module docstring).
+
+    vfm: graph model (DINO registry name or a `proxyclip.register_vfm` name); feature: its last
+    block's "q" | "k" | "v" or "tokens"; k, gamma, sigma, eta: the graph; alpha, maxiter,
+    solver: the propagation (`graphs.propagate`).
+    """
+
+    vfm: str = "dino-vitb16"
+    feature: str = "v"
+    k: int = 400
+    gamma: float = 3.0
+    sigma: float = 0.01
+    eta: float = 1.0
+    alpha: float = 0.95
+    maxiter: int = 10
+    solver: str = "cg"
+
+    def joint_slide(self, seg, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) normalised input, (Q, C) unit queries -> (Q, H, W) propagated scores."""
+        from ..backbones.dino import dino_features
+
+        r, p = seg.recipe, seg.recipe.protocol
+        _, _, H, W = x.shape
+        boxes = window_boxes(H, W, p.crop, p.stride)
+        vfm = get_vfm(self.vfm, x.device)
+        mean = torch.tensor(p.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(p.std, device=x.device).view(1, 3, 1, 1)
+        im = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        ist = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        clip_f, dino_f, grids = [], [], []
+        nb = max(p.window_batch, 1)
+        for s in range(0, len(boxes), nb):
+            crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes[s:s + nb]])
+            feats, (h, w) = dense_embeddings(seg.visual, crops, r.attention, r.surgery, r.pos_resize)
+            d = dino_features(vfm, ((crops * std + mean) / 255.0 - im) / ist, kind=self.feature)
+            hd, wd = d.shape[-2:]
+            c = feats.transpose(1, 2).reshape(feats.shape[0], -1, h, w)
+            if (h, w) != (hd, wd):
+                c = F.interpolate(c, size=(hd, wd), mode="bilinear", align_corners=False)
+            clip_f.append(c.flatten(2).transpose(1, 2).reshape(-1, c.shape[1]))
+            dino_f.append(d.flatten(2).transpose(1, 2).reshape(-1, d.shape[1]))
+            grids += [(hd, wd)] * crops.shape[0]
+        clip_f = F.normalize(torch.cat(clip_f), dim=-1)
+        dino_f = F.normalize(torch.cat(dino_f), dim=-1)
+        seeds = clip_f @ queries.to(clip_f.dtype).T
+        offsets = torch.tensor([[b[0], b[2]] for b in boxes], dtype=torch.float32, device=x.device)
+        centres = patch_centres(grids, offsets, vfm.patch_size)
+        graph = normalize(lposs_patch_graph(dino_f, centres, self.k, self.gamma, self.sigma, self.eta))
+        z = propagate(graph, seeds, self.alpha, self.solver, self.maxiter)
+        canvas = torch.zeros(z.shape[1], H, W, device=x.device, dtype=z.dtype)
+        count = torch.zeros(1, H, W, device=x.device, dtype=z.dtype)
+        start = 0
+        for (y1, y2, x1, x2), (hd, wd) in zip(boxes, grids):
+            blk = z[start:start + hd * wd].T.reshape(1, -1, hd, wd)
+            start += hd * wd
+            canvas[:, y1:y2, x1:x2] += F.interpolate(blk, size=(y2 - y1, x2 - x1), mode="bilinear",
+                                                    align_corners=False)[0]
+            count[:, y1:y2, x1:x2] += 1
+        return canvas / count
+
+
+PLUGINS.register("lposs", LPOSSHead)
+
+_EVAL = "LPOSS segmentation/evaluation/lposs_eval.py:{}"
+_DS = "LPOSS segmentation/configs/_base_/datasets/{}.py:{}"
+_CFG_LP = "LPOSS configs/lposs.yaml"
+_CFG_LPP = "LPOSS configs/lposs_plus.yaml"
+
+_DATASETS = {  # preset -> (LPOSS dataset config file, line of img_scale, line of test_cfg)
+    "voc21": ("pascal_voc12", 35, 64), "voc20": ("pascal_voc12_20", 10, 33),
+    "context60": ("pascal_context", 9, 30), "context59": ("pascal_context59", 10, 33),
+    "coco-stuff171": ("stuff", 11, 31), "coco-object": ("coco", 10, 31),
+    "cityscapes": ("cityscapes", 10, 30), "ade20k": ("ade20k", 30, 57),
+}
+
+
+def _preset(name: str, plus: bool) -> Preset:
+    ds, scale_line, cfg_line = _DATASETS[name]
+    values = {
+        "protocol.short_side": (448, _DS.format(ds, scale_line) + " img_scale=(2048, 448)"),
+        "protocol.long_cap": (2048, _DS.format(ds, scale_line)),
+        "protocol.crop": (224, _DS.format(ds, cfg_line) + " crop_size=(224, 224)"),
+        "protocol.stride": (112, _DS.format(ds, cfg_line) + " stride=(112, 112)"),
+        "plugins": ("lposs:vfm=dino-vitb16,feature=v,k=400,gamma=3.0,sigma=0.01,eta=1.0,alpha=0.95,maxiter=10",
+                    _CFG_LP + " (k, gamma, sigma, pix_dist_pow, alpha, enc_type_feats); " + _EVAL.format("89-103")),
+        "refiners": ("lposs_plus:alpha=0.95,tau=0.01,r=13,maxiter=10" if plus else "",
+                     _CFG_LPP + " (pixel_refine: true, tau, r)" if plus else _CFG_LP + " (pixel_refine: false)"),
+    }
+    return Preset(overrides={k: v for k, (v, _) in values.items()},
+                  sources={k: s for k, (_, s) in values.items()},
+                  background=name in ("voc21", "context60", "coco-object"),
+                  note="Class lists: LPOSS's dataset files (segmentation/datasets/*.py) are not shipped; "
+                       "give the benchmark's classes (VOC21/COCO-Object class 0 = its stuff words).")
+
+
+def _spec(name: str, plus: bool) -> MethodSpec:
+    return MethodSpec(
+        name=name,
+        recipe=Recipe(
+            attention=AttentionRule(("id",)),
+            surgery=Surgery(residual=True, ffn=True),
+            protocol=Protocol(short_side=448, long_cap=2048, crop=224, stride=112, mean=CLIP_MEAN, std=CLIP_STD),
+            decision=Decision(logit_scale=1.0, prob_thd=0.0, area_thd=None),
+            templates="imagenet80",
+            pos_resize="size",
+            plugins=(LPOSSHead(),),
+            refiners=(LPOSSPlus(),) if plus else (),
+        ),
+        summary=("MaskCLIP seeds propagated on a DINO kNN graph over all windows jointly (CG, 10 steps)"
+                 + ("; then pixel-level propagation on a Lab colour graph (13x13 windows)" if plus else "")),
+        paper="Stojnic, Kalantidis, Tolias. LPOSS: Label Propagation Over Patches and Pixels for "
+              "Open-vocabulary Semantic Segmentation. CVPR 2025",
+        code="vladan-stojnic/LPOSS@e489a7445528922ddfe4e39631ef2fe34827c873",
+        presets={n: _preset(n, plus) for n in _DATASETS},
+        notes=__doc__,
+    )
+
+
+register_method(_spec("lposs", False))
+register_method(_spec("lposs+", True))

@@ -1,0 +1,86 @@
+"""ProxyCLIP through ovss against the reference segmentor (golden from
+tests/golden/make_proxyclip_golden.py: ProxyCLIP's own predict() with the clip_small CLIP and
+the `dino` small DINO of dino_small.safetensors, 224/112 windows, logit scale 40, prob_thd 0.2)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ovss.backbones.dino import create_dino
+from ovss.backbones.factory import create_clip
+from ovss.inference import upsample
+from ovss.methods import get_method
+from ovss.methods.proxyclip import ProxyHead, register_vfm
+from ovss.pipeline import Segmenter
+from ovss.text_bank import ClassSpec
+
+GOLDEN = Path(__file__).parents[1] / "golden"
+VOCAB = GOLDEN / "tokenizer" / "small_vocab.txt.gz"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    f = GOLDEN / "proxyclip_small.safetensors"
+    with safe_open(str(f), "pt") as fh:
+        step = int(fh.metadata()["logits_step"])
+    return load_file(str(f)), step
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    dg = load_file(str(GOLDEN / "dino_small.safetensors"))
+    register_vfm("golden-dino", create_dino(weights={k[7:]: v for k, v in dg.items() if k.startswith("dino.w.")}).model)
+    clip = create_clip(str(GOLDEN / "clip_small.safetensors"))
+    return Segmenter("proxyclip", clip=clip, preset="voc21", device="cpu", tokenizer=VOCAB,
+                     overrides={"protocol.short_side": None, "protocol.crop": 224, "protocol.stride": 112,
+                                "plugins": "proxy:vfm=golden-dino,beta=1.2,gamma=3.0"})
+
+
+def _spec(q2c):
+    groups = [tuple(f"q{q}" for q, c in enumerate(q2c) if c == k) for k in range(max(q2c) + 1)]
+    return ClassSpec(tuple(groups), background=True)
+
+
+def test_logits_and_labels_match_reference(golden, segmenter):
+    g, step = golden
+    spec = _spec(g["query_to_class"].tolist())
+    segmenter.text_bank.encode = lambda spec, q=g["queries"]: q
+    ori = tuple(g["ori_shape"].tolist())
+    with torch.no_grad():
+        low, _, x = segmenter.stitched_logits(g["image"].numpy(), spec)
+        logits = segmenter.refine(upsample(low, ori), x)
+        labels = segmenter._decide(low, x, ori, spec)[0]
+    diff = (logits[:, ::step, ::step] - g["logits"]).abs().max().item()
+    print("max abs diff", diff)
+    assert diff < 1e-4, diff
+    assert torch.equal(torch.as_tensor(labels).to(torch.uint8), g["labels"])
+
+
+def test_presets_and_plugin():
+    spec = get_method("proxyclip")
+    assert spec.resolve("voc21").decision.prob_thd == 0.2
+    assert spec.resolve("cityscapes").protocol.crop == 224
+    assert spec.resolve("voc21-dinov2").plugins == (ProxyHead(vfm="dinov2-vitb14-reg"),)
+    for name, preset in spec.presets.items():
+        assert all(k in preset.sources for k in preset.overrides), name
+
+
+def test_dinov2_proxy_with_registers_runs(golden, segmenter):
+    """A DINOv2-with-registers proxy (patch 14): registers dropped, logits on its 16x16 grid."""
+    dg = load_file(str(GOLDEN / "dino_small.safetensors"))
+    register_vfm("golden-dinov2r", create_dino(weights={k[10:]: v for k, v in dg.items()
+                                                         if k.startswith("dinov2r.w.")}).model)
+    clip = create_clip(str(GOLDEN / "clip_small.safetensors"))
+    seg = Segmenter("proxyclip", clip=clip, preset="voc21-dinov2", device="cpu", tokenizer=VOCAB,
+                    overrides={"protocol.short_side": None, "protocol.crop": 224,
+                               "plugins": "proxy:vfm=golden-dinov2r"})
+    g, _ = golden
+    seg.text_bank.encode = lambda spec, q=g["queries"]: q
+    crops = torch.zeros(1, 3, 224, 224)
+    lg = seg.patch_logits(crops, g["queries"])
+    assert lg.shape == (1, 16, 16, 16)
+    res = seg(g["image"].numpy(), _spec(g["query_to_class"].tolist()))
+    assert res.labels.shape == (224, 336)
