@@ -137,3 +137,17 @@ def test_empty_and_bad_input():
         IoUAccumulator(3).update(np.zeros((2, 2), int), np.zeros((2, 3), int))
     with pytest.raises(TypeError):
         IoUAccumulator(3).update(np.full((2, 2), 0.5), np.zeros((2, 2), int))
+
+
+def test_worked_example_of_benchmarks_md():
+    """../shared/benchmarks.md section 3: two images, 3 classes, ignore 255."""
+    acc = IoUAccumulator(3)
+    acc.update(np.array([0, 1, 1, 2]), np.array([0, 0, 1, 255]))
+    acc.update(np.array([0, 0]), np.array([0, 0]))
+    m = acc.compute(digits=2)
+    assert (m["mIoU"], m["mAcc"], m["aAcc"]) == (62.5, 87.5, 80.0)
+    assert m["IoU"][:2] == [75.0, 50.0] and np.isnan(m["IoU"][2])
+    variant = IoUAccumulator(3)  # B predicts class 2 on one pixel: class 2 counts with IoU 0
+    variant.update(np.array([0, 1, 1, 2]), np.array([0, 0, 1, 255]))
+    variant.update(np.array([0, 2]), np.array([0, 0]))
+    assert variant.compute()["IoU"][2] == 0.0
