@@ -12,7 +12,7 @@ Tolerance. Training is seeded (init, batch order, flips) and CPU kernels are det
 fixed machine, torch build and thread count, so on the machine that trained the shipped model the
 retrained weights are expected to be bit-identical (the weights' SHA-256 is compared and printed)
 and every difference 0.00. On another CPU (other SIMD kernels), torch version or thread count, float
-round-off changes the trajectory of 800 Adam steps; the model then ends up equally good but not
+round-off changes the trajectory of 400 Adam steps; the model then ends up equally good but not
 identical, and the selected step may differ. For that case the default tolerance is 3.0 mIoU per
 readout (readouts of this model move by ~1-3 points between neighbouring checkpoints), checked on
 the template set the checkpoint was selected with; the exit status is 1 if any readout is off by more.
@@ -37,6 +37,7 @@ SHIPPED = REPO / "src" / "ovss" / "assets" / "tiny_synthetic"
 def _load_trainer():
     spec = importlib.util.spec_from_file_location("train_tiny_clip", REPO / "scripts" / "train_tiny_clip.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["train_tiny_clip"] = mod  # its process pool pickles functions by module name
     spec.loader.exec_module(mod)
     return mod
 

@@ -79,7 +79,7 @@ TEMPLATE_SETS = ("plain", "single", "imagenet80")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=800, help="optimiser steps")
+    p.add_argument("--steps", type=int, default=400, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     p.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine")
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.1,
                    help="AdamW weight decay on matrices (not on gains, biases, embeddings, logit scale)")
     p.add_argument("--seed", type=int, default=0, help="model init and batch sampling seed")
-    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-images", type=int, default=200, help="first N val scenes (seeds 1_000_000+)")
     p.add_argument("--select-templates", default="plain", choices=TEMPLATE_SETS,
                    help="template set whose readouts select the checkpoint")
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group", type=int, default=0,
                    help="hard-negative batches: the batch is made of groups of this many scenes with the "
                         "same set of stuff classes, so captions can only be matched by their things (0: off)")
-    p.add_argument("--drop-colour", type=float, default=0.0,
+    p.add_argument("--drop-colour", type=float, default=0.75,
                    help="probability of removing the colour word of each thing in a caption "
                         "('a red circle' -> 'a circle'), so that shapes must be told apart by shape")
     p.add_argument("--crop", type=float, default=0.0,
