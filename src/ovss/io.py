@@ -252,15 +252,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     return path
 
 
-def save_index_png(
-    labels: np.ndarray, path: str | os.PathLike[str], palette: np.ndarray | None = None
-) -> Path:
-    """Save an HxW label map losslessly as PNG, atomically.
+def index_png_image(labels: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
+    """An HxW label map as a lossless PNG-ready image (the encoding of `save_index_png`).
 
     With <= 256 classes (``len(palette)``, or ``labels.max() + 1`` without a palette) and all labels
-    <= 255 this is an 8-bit palette ('P') PNG whose entries are the class colours, so it is both exact
+    <= 255 this is an 8-bit palette ('P') image whose entries are the class colours, so it is both exact
     indices and a viewable picture (label 255, e.g. an ignore value, is allowed). Otherwise it is a
-    16-bit grayscale PNG ('I;16'), which holds labels up to 65535. Negative labels are rejected:
+    16-bit grayscale image ('I;16'), which holds labels up to 65535. Negative labels are rejected:
     PNG cannot store them, so map an ignore value like -1 to e.g. 255 first.
     """
     lab = np.asarray(labels)
@@ -281,8 +279,15 @@ def save_index_png(
         else:
             pal[:] = np.arange(256, dtype=np.uint8)[:, None]
         im.putpalette(pal.tobytes(), rawmode="RGB")
-    else:
-        im = Image.fromarray(np.ascontiguousarray(lab.astype(np.uint16)))  # mode 'I;16'
+        return im
+    return Image.fromarray(np.ascontiguousarray(lab.astype(np.uint16)))  # mode 'I;16'
+
+
+def save_index_png(
+    labels: np.ndarray, path: str | os.PathLike[str], palette: np.ndarray | None = None
+) -> Path:
+    """Save an HxW label map losslessly as PNG (`index_png_image`), atomically."""
+    im = index_png_image(labels, palette)
     return atomic_write(path, lambda f: im.save(f, format="PNG"))
 
 

@@ -193,25 +193,10 @@ def methods_info(names: Sequence[str]) -> dict[str, Any]:
 
 def index_png_bytes(labels: "np.ndarray", palette: "np.ndarray | None" = None) -> bytes:
     """The index PNG of `io.save_index_png` (8-bit palette up to 256 classes, else 16-bit), as bytes."""
-    import numpy as np
-    from PIL import Image
+    from .io import index_png_image
 
-    lab = np.asarray(labels)
-    hi = int(lab.max()) if lab.size else 0
-    n = hi + 1 if palette is None else len(palette)
-    if n <= 256 and hi <= 255:
-        im = Image.frombytes("P", (lab.shape[1], lab.shape[0]), lab.astype(np.uint8).tobytes())
-        pal = np.zeros((256, 3), np.uint8)
-        if palette is not None:
-            p = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-            pal[: len(p)] = p
-        else:
-            pal[:] = np.arange(256, dtype=np.uint8)[:, None]
-        im.putpalette(pal.tobytes(), rawmode="RGB")
-    else:
-        im = Image.fromarray(np.ascontiguousarray(lab.astype(np.uint16)))
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
+    index_png_image(labels, palette).save(buf, format="PNG")
     return buf.getvalue()
 
 
