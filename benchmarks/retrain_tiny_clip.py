@@ -1,7 +1,7 @@
 """Retrain the shipped tiny synthetic CLIP and compare its validation mIoU with the model card's.
 
     python benchmarks/retrain_tiny_clip.py               # ~20-30 min on 2 CPU cores
-    python benchmarks/retrain_tiny_clip.py --tol 3.0 --keep /tmp/retrained
+    python benchmarks/retrain_tiny_clip.py --tol 5.0 --keep /tmp/retrained
 
 It runs `scripts/train_tiny_clip.py` with the arguments recorded in the shipped
 `training_log.json` (which are the script's defaults; a difference is reported) into a temporary
@@ -10,12 +10,15 @@ prints per readout and template set: shipped mIoU, retrained mIoU, difference.
 
 Tolerance. Training is seeded (init, batch order, flips) and CPU kernels are deterministic for a
 fixed machine, torch build and thread count, so on the machine that trained the shipped model the
-retrained weights are expected to be bit-identical (the weights' SHA-256 is compared and printed)
-and every difference 0.00. On another CPU (other SIMD kernels), torch version or thread count, float
+retrained weights are expected to be identical tensor for tensor (compared and printed; the file
+bytes may still differ, as safetensors writes its metadata in random order) and every difference
+0.00. On another CPU (other SIMD kernels), torch version or thread count, float
 round-off changes the trajectory of 400 Adam steps; the model then ends up equally good but not
-identical, and the selected step may differ. For that case the default tolerance is 3.0 mIoU per
-readout (readouts of this model move by ~1-3 points between neighbouring checkpoints), checked on
-the template set the checkpoint was selected with; the exit status is 1 if any readout is off by more.
+identical, and the selected step may differ. For that case the default tolerance is 5.0 mIoU per
+readout, checked on the template set the checkpoint was selected with (exit status 1 if any
+readout is off by more). It is an estimate, not a measurement: the readouts of one run move by up
+to ~5 points between neighbouring checkpoints 50 steps apart (see the card's evaluation history),
+and neither seed-to-seed nor machine-to-machine spread was measured.
 """
 
 from __future__ import annotations
@@ -46,10 +49,19 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Same keys, dtypes and values. (File bytes can differ with equal tensors: safetensors writes
+    its metadata map in a per-process random order.)"""
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and bool((x[k] == y[k]).all()) for k in x)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shipped", type=Path, default=SHIPPED)
-    p.add_argument("--tol", type=float, default=3.0, help="allowed |mIoU difference| per readout")
+    p.add_argument("--tol", type=float, default=5.0, help="allowed |mIoU difference| per readout")
     p.add_argument("--keep", type=Path, default=None, help="write the retrained files here (else a temp dir)")
     args = p.parse_args()
 
@@ -58,7 +70,8 @@ def main() -> int:
     recorded = shlex.split(shipped_log["command"])[2:]  # drop "python scripts/train_tiny_clip.py"
     defaults = vars(trainer.parse_args([]))
     used = vars(trainer.parse_args(recorded))
-    diff = {k: (defaults[k], used[k]) for k in defaults if k not in ("out",) and defaults[k] != used[k]}
+    keys = getattr(trainer, "_RECIPE_KEYS", tuple(k for k in defaults if k != "out"))
+    diff = {k: (defaults[k], used[k]) for k in keys if defaults[k] != used[k]}
     if diff:
         print(f"note: the shipped run differs from the script defaults in {diff}; retraining as shipped")
 
@@ -69,13 +82,13 @@ def main() -> int:
         t0 = time.time()
         rec = trainer.main(argv)
         minutes = (time.time() - t0) / 60
-        same_weights = _sha(out / trainer.WEIGHTS_NAME) == _sha(args.shipped / trainer.WEIGHTS_NAME)
+        same_weights = _same_tensors(out / trainer.WEIGHTS_NAME, args.shipped / trainer.WEIGHTS_NAME)
         same_vocab = _sha(out / trainer.VOCAB_NAME) == _sha(args.shipped / trainer.VOCAB_NAME)
 
     old, new = shipped_log["final_eval"], rec["final_eval"]
     sel_ts = used["select_templates"]
     print(f"\nretrained in {minutes:.1f} min; selected step: shipped {shipped_log['selected_step']}, "
-          f"retrained {rec['selected_step']}; weights bit-identical: {same_weights}; "
+          f"retrained {rec['selected_step']}; weights identical (every tensor): {same_weights}; "
           f"vocabulary identical: {same_vocab}")
     print(f"{'templates':<11} {'readout':<11} {'shipped':>8} {'retrained':>10} {'diff':>7}")
     worst = 0.0

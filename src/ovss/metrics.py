@@ -117,7 +117,7 @@ class IoUAccumulator:
         shape = np.shape(pred)
         self.num_images += int(shape[0]) if len(shape) == 3 else 1
 
-    def merge(self, other: "IoUAccumulator") -> "IoUAccumulator":
+    def merge(self, other: IoUAccumulator) -> IoUAccumulator:
         """Add `other`'s counts into this accumulator (in place); returns self."""
         if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
             raise ValueError("cannot merge accumulators with different num_classes / ignore_index")
