@@ -15,6 +15,16 @@ SMALL = dict(width=40, layers=12, heads=4, patch=16, image=224, out=32)
 TIE = 1e-5  # a decision this close to a tie is float round-off, not a difference of method
 
 
+def load_golden(path):
+    """A golden file's tensors and the decision step its logits were stored at (metadata)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return load_file(str(path)), int(meta["logits_step"])
+
+
 def small_clip(path=GOLDEN / "clip12_small.safetensors", dims=SMALL):
     """The golden 12-block image tower in ovss's CLIP (explicit head count: 4 heads of 10, which
     the OpenAI-layout state dict cannot tell); the text tower is random and unused."""

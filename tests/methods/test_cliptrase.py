@@ -11,9 +11,7 @@ DBSCAN labels, the upsampled patch logits (cosines) and the final label map (bac
 import numpy as np
 import pytest
 import torch
-from deep_parity import GOLDEN, VOCAB, small_clip
-from safetensors import safe_open
-from safetensors.torch import load_file
+from deep_parity import GOLDEN, VOCAB, load_golden, small_clip
 
 from ovss.affinity import self_correlation
 from ovss.backbones.vit import Tap
@@ -48,9 +46,7 @@ def to_ovss_labels(pred: torch.Tensor, bg: bool) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def golden():
-    with safe_open(str(FILE), "pt") as f:
-        meta = f.metadata()
-    return load_file(str(FILE)), int(meta["logits_step"])
+    return load_golden(FILE)
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ with the golden queries in place of the text bank and no test-time resize.
 import numpy as np
 import pytest
 import torch
-from deep_parity import GOLDEN, VOCAB, assert_labels_equal, small_clip, spec_of
-from safetensors import safe_open
-from safetensors.torch import load_file
+from deep_parity import GOLDEN, VOCAB, assert_labels_equal, load_golden, small_clip, spec_of
 
 from ovss.dense import pass_context
 from ovss.feedback import SFR, label_affinity, line_of_sight, patch_mode
@@ -38,9 +36,7 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def golden():
-    with safe_open(str(FILE), "pt") as f:
-        meta = f.metadata()
-    return load_file(str(FILE)), int(meta["logits_step"])
+    return load_golden(FILE)
 
 
 @pytest.fixture(scope="module")

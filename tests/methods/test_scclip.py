@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from deep_parity import GOLDEN, VOCAB, assert_labels_equal, small_clip, spec_of
-from safetensors import safe_open
-from safetensors.torch import load_file
+from deep_parity import GOLDEN, VOCAB, assert_labels_equal, load_golden, small_clip, spec_of
 
 from ovss.affinity import aggregate, cosine_matrix, proxy_logits, threshold
 from ovss.anomaly import lof_outliers, lof_scores, repair_tokens
@@ -37,9 +35,7 @@ RUNS = {  # run -> (preset, network input size); square 224 windows as the refer
 
 @pytest.fixture(scope="module")
 def golden():
-    with safe_open(str(FILE), "pt") as f:
-        meta = f.metadata()
-    return load_file(str(FILE)), int(meta["logits_step"])
+    return load_golden(FILE)
 
 
 @pytest.fixture(scope="module")
