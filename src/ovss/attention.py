@@ -36,7 +36,7 @@ class AttentionRule:
     terms: similarity matrices whose softmaxes are *summed* (SCLIP sums q-q and k-k, so rows sum
         to 2): "qk" (vanilla), "qq", "kk", "vv"; or ("id",) for identity attention (value path);
         or () for an affinity-only rule, whose attention comes from "term" mixes alone
-        (ProxyCLIP's DINO affinity).
+        (ProxyCLIP's DINO affinity), written "affinity".
     prior: None or "gaussian": exp(-|p_i - p_j|^2 / (2 std^2)) over patch positions, added to
         every term's logits before the softmax, unscaled, zero on the class-token row/column.
     prior_std: the Gaussian's std in patches.
@@ -62,10 +62,15 @@ class AttentionRule:
 
     @classmethod
     def parse(cls, text: str) -> "AttentionRule":
-        """'qq+kk', 'kk+gaussian:5', 'id', 'qk', 'kk+mean' -> a rule (for the CLI and quick recipes)."""
+        """'qq+kk', 'kk+gaussian:5', 'id', 'qk', 'kk+mean', 'affinity' (no terms) -> a rule (for
+        the CLI and quick recipes)."""
         parts = [p.strip() for p in text.replace(" ", "").split("+") if p.strip()]
         terms, prior, std, combine = [], None, 5.0, "sum"
+        if "affinity" in parts and any(p in _TERMS for p in parts):
+            raise ValueError(f"attention {text!r}: 'affinity' means no q/k/v terms; it takes no other terms")
         for p in parts:
+            if p == "affinity":  # no q/k/v terms: the attention comes from "term" mixes alone
+                continue
             if p.startswith("gaussian"):
                 prior = "gaussian"
                 if ":" in p:
@@ -77,9 +82,15 @@ class AttentionRule:
         return cls(tuple(terms), prior, std, combine)
 
     def __str__(self) -> str:
-        s = "+".join(self.terms)
+        s = "+".join(self.terms) or "affinity"  # parse() reads every form back
         s += f"+gaussian:{self.prior_std:g}" if self.prior else ""
         return s + ("+mean" if self.combine == "mean" else "")
+
+    def describe(self) -> str:
+        """`str(self)`, plus a note on where an affinity-only rule takes its attention from."""
+        if not self.terms:
+            return f"{self} (no q/k/v terms: the attention is a plug-in's affinity, e.g. DINO's for ProxyCLIP)"
+        return str(self)
 
 
 _WHERE = ("logits", "term", "attn")
@@ -94,12 +105,14 @@ class Mix:
     where: "logits" (into every term's logits, before the prior and the softmax), "term" (its
         softmax is one more summed term) or "attn" (into the combined attention).
     weight, scale: "logits"/"attn": scale * ((1 - weight) * X + weight * matrix); "term": the
-        softmax is multiplied by `weight` (scale unused).
+        softmax is multiplied by `weight` (scale unused). `weight` may be a tensor broadcastable
+        to (B, heads, 1, 1): one weight per head (CASS weights each head's DINO graph by how
+        different its spectrum is).
     """
 
     matrix: torch.Tensor
     where: str
-    weight: float = 1.0
+    weight: float | torch.Tensor = 1.0
     scale: float = 1.0
 
     def __post_init__(self):
@@ -118,24 +131,30 @@ def _gaussian_prior(h: int, w: int, std: float) -> torch.Tensor:
     return out
 
 
-def attention_prior(rule: AttentionRule, grid: tuple[int, int]) -> torch.Tensor | None:
-    """The (1 + h*w, 1 + h*w) additive prior of a rule for a patch grid, or None."""
+def attention_prior(rule: AttentionRule, grid: tuple[int, int], cls_token: bool = True) -> torch.Tensor | None:
+    """The (1 + h*w, 1 + h*w) additive prior of a rule for a patch grid (h*w square without the
+    class token), or None."""
     if rule.prior is None:
         return None
-    return _gaussian_prior(grid[0], grid[1], float(rule.prior_std))
+    prior = _gaussian_prior(grid[0], grid[1], float(rule.prior_std))
+    return prior if cls_token else prior[1:, 1:]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rule: AttentionRule,
-           grid: tuple[int, int], mixes: tuple[Mix, ...] | list[Mix] = ()) -> torch.Tensor:
+           grid: tuple[int, int], mixes: tuple[Mix, ...] | list[Mix] = (), cls_token: bool = True) -> torch.Tensor:
     """Mix values with a rule. q, k, v: (B, heads, N, d_h) -> (B, heads, N, d_h)."""
-    return attention_weights(q, k, rule, grid, mixes, v=v) @ v if rule.terms != ("id",) or mixes else v
+    if rule.terms == ("id",) and not mixes:
+        return v
+    return attention_weights(q, k, rule, grid, mixes, v=v, cls_token=cls_token) @ v
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, rule: AttentionRule, grid: tuple[int, int],
-                      mixes: tuple[Mix, ...] | list[Mix] = (), v: torch.Tensor | None = None) -> torch.Tensor:
+                      mixes: tuple[Mix, ...] | list[Mix] = (), v: torch.Tensor | None = None,
+                      cls_token: bool = True) -> torch.Tensor:
     """The (B, heads, N, N) attention of `rule` with `mixes` (v is needed for a "vv" term only).
 
-    The rule's Gaussian prior assumes a class token first (N = 1 + h*w)."""
+    cls_token: the tokens are the class token then h*w patches (N = 1 + h*w; the Gaussian prior
+        is zero on the class token's row and column); False: patches only (N = h*w), as CASS."""
     if rule.terms == ("id",):
         if mixes:
             raise ValueError("identity attention ('id') takes no mixes")
@@ -143,7 +162,7 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, rule: AttentionRule, gri
         return torch.eye(n, dtype=q.dtype, device=q.device).expand(*q.shape[:-2], n, n)
     scale = 1.0 / math.sqrt(q.shape[-1])
     src = {"q": q, "k": k, "v": v}
-    prior = attention_prior(rule, grid)
+    prior = attention_prior(rule, grid, cls_token)
     if prior is not None:
         prior = prior.to(device=q.device, dtype=q.dtype)
     pre = [m for m in mixes if m.where == "logits"]
@@ -153,7 +172,7 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, rule: AttentionRule, gri
     for m in mixes:  # external terms first (SC-CLIP's order)
         if m.where == "term":
             a = m.matrix.softmax(dim=-1)
-            a = a if m.weight == 1.0 else a * m.weight
+            a = a if isinstance(m.weight, float) and m.weight == 1.0 else a * m.weight
             attn = a if attn is None else attn + a
             count += 1
     for term in rule.terms:

@@ -52,10 +52,16 @@ class Surgery:
 
 
 def last_block(block: Block, x: torch.Tensor, rule: AttentionRule, surgery: Surgery,
-               grid: tuple[int, int], mixes: tuple[Mix, ...] | list[Mix] = ()) -> torch.Tensor:
-    """Run `block` on tokens x (B, N, D) with `rule`, `surgery` and external `mixes`."""
+               grid: tuple[int, int], mixes: tuple[Mix, ...] | list[Mix] = (),
+               cls_token: bool = True) -> torch.Tensor:
+    """Run `block` on tokens x (B, 1 + h*w, D) with `rule`, `surgery` and external `mixes`.
+
+    cls_token=False drops the class token after the block's projections, so the attention runs
+    over patches only and (B, h*w, D) comes back (CASS); mixes are then (h*w, h*w)."""
     q, k, v = block.attn.qkv(block.ln_1(x))
-    y = block.ls_1(block.attn.merge(attend(q, k, v, rule, grid, mixes)))
+    if not cls_token:
+        x, q, k, v = x[:, 1:], q[:, :, 1:], k[:, :, 1:], v[:, :, 1:]
+    y = block.ls_1(block.attn.merge(attend(q, k, v, rule, grid, mixes, cls_token)))
     if surgery.residual:
         y = x + y
     if surgery.ffn:

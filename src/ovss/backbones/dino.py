@@ -356,7 +356,7 @@ def _resolve(source: str | os.PathLike, cache_dir=None) -> tuple[Path, str | Non
     if key is not None:
         pre = DINO_PRETRAINED[key]
         repo = pre.timm_hub_id if timm else pre.hf_hub_id
-        return _fetch_first(repo, pre.weights, cache, key), key
+        return _fetch_first(repo, pre.weights, cache, f"timm:{key}" if timm else key), key
     if s.startswith("hf-hub:"):
         repo = s[len("hf-hub:"):].strip("/")
         return _fetch_first(repo, ("model.safetensors", "pytorch_model.bin"), cache, None), None
@@ -400,18 +400,19 @@ def create_dino(backbone: str | os.PathLike = "dino-vitb8", weights: str | os.Pa
 
 @torch.no_grad()
 def dino_features(model: VisionTransformer, images: Tensor, kind: str = "tokens", layer: int = -1,
-                  norm: bool = True, heads: bool = False) -> Tensor:
+                  norm: bool = True, heads: bool = False, order: str | None = None) -> Tensor:
     """Patch features of one block of a DINO tower, as (B, C, h, w), prefix tokens dropped.
 
     kind: "tokens" (the block's output; `norm` applies the final LayerNorm, as the references'
         `get_intermediate_layers` do), or "q" / "k" / "v" (the block's projections of
         ln_1(input), heads concatenated (B, D, h, w) or, with `heads`, (B, heads, d_h, h, w)).
     layer: block index (negative from the end).
+    order: attention arithmetic (`Attention.forward`): "qk_s" rounds as DINO's own code does.
     """
     n = len(model.blocks)
     li = layer % n
     if kind == "tokens":
-        out = model.forward_tokens(images, upto=li + 1, keep_layers=(li,))
+        out = model.forward_tokens(images, upto=li + 1, keep_layers=(li,), order=order)
         t = out.layers[li]
         t = model.ln_post(t) if norm else t
         t = t[:, model.n_prefix:]
@@ -419,7 +420,7 @@ def dino_features(model: VisionTransformer, images: Tensor, kind: str = "tokens"
         return t.transpose(1, 2).reshape(t.shape[0], -1, h, w)
     if kind not in ("q", "k", "v"):
         raise ValueError(f"unknown feature kind {kind!r}; expected tokens, q, k or v")
-    out = model.forward_tokens(images, upto=li + 1, taps={"x": Tap("qkv", (li,))})
+    out = model.forward_tokens(images, upto=li + 1, taps={"x": Tap("qkv", (li,))}, order=order)
     q, k, v = out.taps["x"][li]
     t = {"q": q, "k": k, "v": v}[kind][:, :, model.n_prefix:]  # (B, heads, h*w, d_h)
     h, w = out.grid

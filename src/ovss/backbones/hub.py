@@ -2,8 +2,18 @@
 
 Hub downloads go through `huggingface_hub.hf_hub_download`, so files land in (and are reused from)
 the standard Hugging Face cache. The cache location and offline mode are read from the
-environment on every call (HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE), not only when huggingface_hub
-was imported, so a setting made later in the process still counts.
+environment on every call (HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT), not only when
+huggingface_hub was imported, so a setting made later in the process still counts.
+
+Failing fast without network: before the first hub download of a process (per endpoint), one
+extra HEAD request without retries checks that the hub answers. If it cannot be reached at all
+(connection refused, DNS failure, timeout, proxy error), that is remembered and every look-up in
+the process reads the local cache only, as if HF_HUB_OFFLINE were set, instead of waiting through
+huggingface_hub's retries (about 23 s per uncached file) again and again; what is not cached fails
+at once with a message saying how to get it. The same happens when a download ends in "hub
+unreachable and not cached". With network the results are unchanged (any HTTP answer, even an
+error, counts as reachable). `forget_unreachable()` clears the memory (e.g. in a long-running
+server).
 
 Source forms accepted by `resolve_weights`:
     /path/to/file.safetensors | /path/to/folder    a local checkpoint file or model folder
@@ -26,7 +36,9 @@ __all__ = [
     "DEFAULT_HUB_WEIGHTS",
     "WeightsNotFoundError",
     "download",
+    "forget_unreachable",
     "hub_cache_dir",
+    "hub_unreachable",
     "is_offline",
     "resolve_weights",
 ]
@@ -41,6 +53,11 @@ DEFAULT_HUB_WEIGHTS = (
 )
 _TRUE = {"1", "on", "yes", "true"}
 logger = logging.getLogger(__name__)
+
+# Per hub endpoint, for this process: why it could not be reached (look-ups then use the cache
+# only), or that a request got an answer (no further probes).
+_unreachable: dict[str, str] = {}
+_probed: set[str] = set()
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -78,10 +95,84 @@ def _how_to_get(repo: str, files: tuple[str, ...], name: str | None, cache: Path
     )
 
 
+def _endpoint() -> str:
+    """HF_ENDPOINT as set now, else what huggingface_hub read at import."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or constants.ENDPOINT
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub (at the current endpoint) could not be reached earlier in this process, if it
+    could not; look-ups then use the local cache only."""
+    return _unreachable.get(_endpoint())
+
+
+def forget_unreachable() -> None:
+    """Forget earlier connection failures: the next look-up tries the hub again."""
+    _unreachable.clear()
+    _probed.clear()
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Exception types meaning "no answer from the server at all", for the HTTP client that
+    huggingface_hub uses (requests in old versions, httpx / httpx2 in newer ones)."""
+    import socket
+    import sys
+
+    errs: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    for mod, names in (("requests.exceptions", ("ConnectionError", "Timeout")),
+                       ("httpx", ("ConnectError", "TimeoutException", "ProxyError", "NetworkError")),
+                       ("httpx2", ("ConnectError", "TimeoutException", "ProxyError", "NetworkError"))):
+        m = sys.modules.get(mod)  # only clients already imported can have raised
+        errs += [getattr(m, n) for n in names if m is not None and isinstance(getattr(m, n, None), type)]
+    return tuple(errs)
+
+
+def _mark_unreachable(endpoint: str, error: BaseException) -> None:
+    if endpoint in _unreachable:
+        return
+    cause = error.__cause__ or error.__context__ or error
+    why = f"{type(cause).__name__}: {cause}".strip().rstrip(":").split("\n")[0][:200]
+    _unreachable[endpoint] = why
+    logger.warning("the Hugging Face hub at %s cannot be reached (%s); further weights in this process "
+                   "come from the local cache only, as with HF_HUB_OFFLINE=1", endpoint, why)
+
+
+def _probe(repo: str, filename: str, endpoint: str) -> None:
+    """One HEAD request without retries, the first time an endpoint is used in this process."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    try:
+        url = hf_hub_url(repo, filename, endpoint=endpoint)
+        get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except _connection_errors() as e:
+        _mark_unreachable(endpoint, e)
+        return
+    except Exception as e:  # noqa: BLE001 - an answer (404, 401, ...): the hub is there
+        logger.debug("probe of %s/%s: %s", repo, filename, e)
+    _probed.add(endpoint)
+
+
 def _download(repo: str, filename: str, cache: Path, offline: bool) -> str:
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    return hf_hub_download(repo_id=repo, filename=filename, cache_dir=str(cache), local_files_only=offline)
+    endpoint = _endpoint()
+    if not offline and endpoint not in _unreachable and endpoint not in _probed:
+        _probe(repo, filename, endpoint)
+    local_only = offline or endpoint in _unreachable
+    try:
+        return hf_hub_download(repo_id=repo, filename=filename, cache_dir=str(cache),
+                               local_files_only=local_only, endpoint=endpoint)
+    except LocalEntryNotFoundError as e:  # not cached, and online: the look-up on the hub failed
+        if not local_only and isinstance(e.__cause__, _connection_errors()):  # with no answer at all
+            _mark_unreachable(endpoint, e)
+        raise
+    except _connection_errors() as e:
+        if not local_only:
+            _mark_unreachable(endpoint, e)
+        raise
 
 
 def _fetch_first(repo: str, candidates: tuple[str, ...], cache: Path, name: str | None) -> Path:
@@ -102,7 +193,7 @@ def _fetch_first(repo: str, candidates: tuple[str, ...], cache: Path, name: str 
     for fname in candidates:
         try:
             path = Path(_download(repo, fname, cache, offline))
-        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:  # not cached, hub unreachable
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled, *_connection_errors()) as e:  # no hub/cache
             unreachable.append(fname)
             last = e
             continue
@@ -122,8 +213,13 @@ def _fetch_first(repo: str, candidates: tuple[str, ...], cache: Path, name: str 
             _fetch_shards(repo, path, cache, offline, candidates, name)
         return path
     if unreachable:
-        why = ("offline mode is on (HF_HUB_OFFLINE) and they are not in the local cache" if offline
-               else "the hub could not be reached and they are not in the local cache")
+        if offline:
+            why = "offline mode is on (HF_HUB_OFFLINE) and they are not in the local cache"
+        elif hub_unreachable():
+            why = (f"the hub at {_endpoint()} could not be reached ({hub_unreachable()}) and they are not in "
+                   "the local cache (this process now uses the local cache only, as with HF_HUB_OFFLINE=1)")
+        else:
+            why = "the hub could not be reached and they are not in the local cache"
     else:
         why = "the repo has none of these files"
     raise WeightsNotFoundError(_how_to_get(repo, candidates, name, cache, why)) from last
@@ -234,7 +330,16 @@ def download(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
 
     This is what `ovss download NAME` runs on a machine with network access; afterwards the
     backbone loads offline from the cache. Returns the snapshot folder holding the files.
+    DINO / DINOv2 names (dino-vitb8, ..., or `timm:<name>` for the timm form) work too.
     """
+    if resolve_name(name) is None:
+        from .dino import DINO_PRETRAINED, resolve_dino_name
+
+        key = resolve_dino_name(name.removeprefix("timm:"))
+        if key is not None:
+            dino = DINO_PRETRAINED[key]
+            repo = dino.timm_hub_id if name.startswith("timm:") else dino.hf_hub_id
+            return _fetch_first(repo, dino.weights, hub_cache_dir(cache_dir), name).parent
     pre = get_pretrained(name)
     if pre.local_path is not None:  # shipped with the package: nothing to download
         return _fetch_pretrained(pre, Path()).parent

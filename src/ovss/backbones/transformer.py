@@ -65,13 +65,23 @@ class Attention(nn.Module):
         b, h, n, dh = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * dh))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, keep: frozenset[str] | tuple = ()):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, keep: frozenset[str] | tuple = (),
+                order: str | None = None):
         """(B, N, D) -> (B, N, D); with `keep` (a set of "attn", "qkv") also a dict of extras:
         "attn": the (B, heads, N, N) softmax(q k^T / sqrt(d_h)) map, computed explicitly (no
         fused kernel) in the reference repos' order, softmax((q * s) @ k^T), and used for the
-        output, so asking for it costs no second pass; "qkv": the (q, k, v) projections."""
+        output, so asking for it costs no second pass; "qkv": the (q, k, v) projections.
+        order="qk_s": explicit softmax((q @ k^T) * s) @ v, DINO's own arithmetic, for results
+        that must round as the DINO reference code does (CASS casts DINO's keys to fp16)."""
         q, k, v = self.qkv(x)
-        if "attn" in keep:
+        if order == "qk_s" and "attn" not in keep:
+            attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+            if mask is not None:
+                attn = attn + mask
+            out = self.merge(attn.softmax(dim=-1) @ v)
+        elif order not in (None, "qk_s"):
+            raise ValueError(f"unknown attention order {order!r}; choose None or 'qk_s'")
+        elif "attn" in keep:
             attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
             if mask is not None:
                 attn = attn + mask
@@ -122,12 +132,13 @@ class Block(nn.Module):
         self.ls_1 = LayerScale(width) if layer_scale else nn.Identity()
         self.ls_2 = LayerScale(width) if layer_scale else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, keep: frozenset[str] | tuple = ()):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, keep: frozenset[str] | tuple = (),
+                order: str | None = None):
         """(B, N, D) -> (B, N, D); with `keep` also the attention's extras (see `Attention.forward`)."""
         if not keep:
-            x = x + self.ls_1(self.attn(self.ln_1(x), mask))
+            x = x + self.ls_1(self.attn(self.ln_1(x), mask, order=order))
             return x + self.ls_2(self.mlp(self.ln_2(x)))
-        y, extras = self.attn(self.ln_1(x), mask, keep)
+        y, extras = self.attn(self.ln_1(x), mask, keep, order)
         x = x + self.ls_1(y)
         return x + self.ls_2(self.mlp(self.ln_2(x))), extras
 

@@ -121,7 +121,8 @@ class VisionTransformer(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor, keep_layers: tuple[int, ...] = (),
                        upto: int | None = None, pos_resize: str | None = None,
-                       keep_attn: tuple[int, ...] = (), taps: dict[str, Tap] | None = None) -> ViTTokens:
+                       keep_attn: tuple[int, ...] = (), taps: dict[str, Tap] | None = None,
+                       order: str | None = None) -> ViTTokens:
         """Run blocks 0..upto-1 (default: all but the last) and keep the asked-for layers.
 
         Args:
@@ -133,6 +134,7 @@ class VisionTransformer(nn.Module):
                 only those blocks compute their attention explicitly, the others keep the fused
                 kernel.
             taps: named `Tap`s (`ViTTokens.taps`), e.g. {"rcs": Tap("attn", (5, 6, 7, 8), "mean")}.
+            order: the attention arithmetic of every block (`Attention.forward`; None: fused).
         Only what is asked for is kept; a block index beyond `upto` raises ValueError.
         """
         n = len(self.blocks)
@@ -160,9 +162,9 @@ class VisionTransformer(nn.Module):
         for i, blk in enumerate(self.blocks[:upto]):
             extras = {}
             if i in need:
-                tokens, extras = blk(tokens, keep=frozenset(need[i]))
+                tokens, extras = blk(tokens, keep=frozenset(need[i]), order=order)
             else:
-                tokens = blk(tokens)
+                tokens = blk(tokens, order=order)
             if i in keep:
                 layers[i] = tokens
             if i in keep_a:
