@@ -157,3 +157,15 @@ def test_exact_dino_input_and_matched_pairing_run(golden, clip):
     b, _ = _run(_segmenter(clip, "whole", seed, dino_input="exact", pairing="matched"), g, "whole")
     assert a.shape == b.shape and torch.isfinite(b).all()
     assert not torch.equal(a, b)
+
+
+def test_refiners_compose_with_cass(golden, clip):
+    """CASS's stitched logits go through any refiner, e.g. PAMR (off in CASS's own runs)."""
+    g, _, seed = golden
+    preset, plugin, overrides = RUNS["whole"]
+    seg = Segmenter("cass", clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
+                    overrides={"protocol.short_side": None, **overrides, "refiners": "pamr",
+                               "plugins": f"cass:vfm=golden-dino,seed={seed},{plugin}"})
+    a, _ = _run(_segmenter(clip, "whole", seed), g, "whole")
+    b, _ = _run(seg, g, "whole")
+    assert b.shape == a.shape and not torch.equal(a, b)
