@@ -169,3 +169,17 @@ def test_refiners_compose_with_cass(golden, clip):
     a, _ = _run(_segmenter(clip, "whole", seed), g, "whole")
     b, _ = _run(seg, g, "whole")
     assert b.shape == a.shape and not torch.equal(a, b)
+
+
+def test_dinov2_graph_option_runs(golden, clip):
+    """The reference's DINOv2 option (registers dropped, crops resized to 518x518 bilinearly):
+    runs on a small DINOv2-with-registers model and gives a different graph than DINO's."""
+    g, _, seed = golden
+    dg = load_file(str(GOLDEN / "dino_small.safetensors"))
+    register_vfm("golden-dinov2r", create_dino(weights={k[10:]: v for k, v in dg.items()
+                                                         if k.startswith("dinov2r.w.")}).model)
+    a, _ = _run(_segmenter(clip, "whole", seed), g, "whole")
+    seg = _segmenter(clip, "whole", seed)
+    seg.recipe = seg.recipe.with_overrides({"plugins": f"cass:vfm=golden-dinov2r,dino_side=518,seed={seed}"})
+    b, _ = _run(seg, g, "whole")
+    assert b.shape == a.shape and torch.isfinite(b).all() and not torch.equal(a, b)

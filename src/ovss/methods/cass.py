@@ -38,8 +38,10 @@ Quirks of the reference kept by default (each a setting of `CASSHead`):
 - `svd="lowrank"`: randomised SVD drawing from the global generator; the head seeds it with
   `seed` once per image (the reference seeds once per run, so its draws for an image depend on
   the images before it). "exact" uses a full SVD.
-Not ported: the "scale-up" variant (class-token prior from a second CLIP ViT-L/14) and the
-DINOv2 graph option (`dinov2_vitb14_reg4`, a fixed 518 px input), neither used by the configs.
+The reference's DINOv2 option (`dinov2_vitb14_reg4`, every crop resized to 518x518, registers
+dropped; cass_segmentor.py:73-75, model.py:116-117, 319-320) is `vfm=dinov2-vitb14-reg,
+dino_side=518`; no config uses it and it is not parity-checked. Not ported: the "scale-up"
+variant (the class-token prior from a second CLIP, ViT-L/14).
 """
 
 from __future__ import annotations
@@ -64,8 +66,12 @@ _CASS_INV_MEAN = (-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.255)
 _CASS_INV_STD = (1 / 0.229, 1 / 0.224, 1 / 0.255)
 
 
-def cass_dino_input(crop: torch.Tensor, mean, std, patch: int, mode: str = "cass") -> torch.Tensor:
-    """One CLIP-normalised crop (1, 3, H, W) -> DINO's normalised input (1, 3, h, w)."""
+def cass_dino_input(crop: torch.Tensor, mean, std, patch: int, mode: str = "cass", side: int = 0) -> torch.Tensor:
+    """One CLIP-normalised crop (1, 3, H, W) -> DINO's normalised input (1, 3, h, w).
+
+    side: "cass" mode's square size: 0 = the crop's shorter side with PIL's bicubic filter (the
+    DINO ViT-B/8 path), > 0 = that size with PIL's bilinear filter (the DINOv2 path's
+    `transforms.Resize((518, 518))`, dinov2/dino_attention.py:36-40)."""
     dev = crop.device
     im = torch.tensor(_IMAGENET_MEAN).view(3, 1, 1)
     ist = torch.tensor(_IMAGENET_STD).view(3, 1, 1)
@@ -75,8 +81,9 @@ def cass_dino_input(crop: torch.Tensor, mean, std, patch: int, mode: str = "cass
         x = crop[0].detach().float().cpu()
         y = (x - torch.tensor(_CASS_INV_MEAN).view(3, 1, 1)) / torch.tensor(_CASS_INV_STD).view(3, 1, 1)
         arr = (y.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        side = min(arr.shape[0], arr.shape[1])
-        img = Image.fromarray(arr).resize((side, side), Image.Resampling.BICUBIC)
+        filt = Image.Resampling.BILINEAR if side > 0 else Image.Resampling.BICUBIC
+        side = side if side > 0 else min(arr.shape[0], arr.shape[1])
+        img = Image.fromarray(arr).resize((side, side), filt)
         t = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)
         t = (t - im) / ist
     elif mode == "exact":
@@ -98,8 +105,10 @@ class CASSHead:
     text_weight (mean_vector_weight), prior_weight (global_semantics_weight), cluster_threshold
         (h_threshold), topk: `presence`.
     global_cls: "image" (the prior from the whole image's class token when sliding) or "window".
-    dino_input, dino_half: see the module docstring. seed: the low-rank SVD's generator seed per
-        image (-1: leave the global generator alone).
+    dino_input, dino_half: see the module docstring. dino_side: the square side of the "cass" DINO
+        input (0: the crop's shorter side; 518 with a DINOv2 `vfm`, as the reference's DINOv2
+        option). seed: the low-rank SVD's generator seed per image (-1: leave the global
+        generator alone).
     """
 
     vfm: str = "dino-vitb8"
@@ -117,6 +126,7 @@ class CASSHead:
     global_cls: str = "image"
     dino_input: str = "cass"
     dino_half: bool = True
+    dino_side: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -142,9 +152,11 @@ class CASSHead:
         from ..backbones.dino import dino_features
 
         vfm = get_vfm(self.vfm, crop.device)
-        x = cass_dino_input(crop, protocol.mean, protocol.std, vfm.patch_size, self.dino_input)
-        # DINO's own attention arithmetic: the fp16 cast below then rounds as the reference's
-        kd = dino_features(vfm, x.to(next(vfm.parameters()).dtype), kind="k", heads=True, order="qk_s")[0]
+        x = cass_dino_input(crop, protocol.mean, protocol.std, vfm.patch_size, self.dino_input, self.dino_side)
+        # DINO v1's own attention arithmetic, so the fp16 cast below rounds as the reference's
+        # (DINOv2's q * s @ k^T is what the fused kernel already gives bit for bit)
+        order = "qk_s" if vfm.n_prefix == 1 and not vfm.cfg.layer_scale else None
+        kd = dino_features(vfm, x.to(next(vfm.parameters()).dtype), kind="k", heads=True, order=order)[0]
         kd = kd.half() if self.dino_half else kd.to(clip_keys.dtype)
         nh, dh = kd.shape[:2]
         kd = F.interpolate(kd, size=grid, mode="bilinear", align_corners=False)
