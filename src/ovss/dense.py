@@ -112,7 +112,7 @@ PLUGINS: Registry[Callable[..., Any]] = Registry("head plug-in")
 
 
 def _register_builtin_plugins() -> None:
-    from . import cls_prior, feedback, rcs, selfcal  # noqa: F401  (registration side effects)
+    from . import cls_prior, feedback, presence, rcs, selfcal  # noqa: F401  (registration side effects)
 
 
 def parse_plugins(value: Any) -> tuple:
@@ -213,6 +213,7 @@ def patch_logits(visual: VisionTransformer, images: torch.Tensor, queries: torch
     ctx = pass_context(visual, images, rule, surgery, pos_resize, plugins, queries, extra_taps)
     feats = run_plugins(ctx, plugins)
     logits = ctx.logits(feats)
+    ctx.cache["feats"] = feats  # for plug-ins that adjust the logits from the features (presence)
     for p in plugins:
         if hasattr(p, "adjust_logits"):
             logits = p.adjust_logits(ctx, logits)

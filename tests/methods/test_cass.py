@@ -183,3 +183,32 @@ def test_dinov2_graph_option_runs(golden, clip):
     seg.recipe = seg.recipe.with_overrides({"plugins": f"cass:vfm=golden-dinov2r,dino_side=518,seed={seed}"})
     b, _ = _run(seg, g, "whole")
     assert b.shape == a.shape and torch.isfinite(b).all() and not torch.equal(a, b)
+
+
+def test_presence_plugin_on_another_method(golden, clip):
+    """CASS's text side on NACLIP's readout (`plugins=presence`): weights 0 leave NACLIP's logits
+    as they are; weights > 0 change them by exactly the blend with the class-token prior when
+    the text is not moved (text_weight 0)."""
+    from ovss.presence import class_token_prior
+
+    g, _, _ = golden
+    spec = _spec(g["query_to_class"].tolist())
+    image = g["whole.image"].numpy()
+
+    def low(plugins):
+        seg = Segmenter("naclip", clip=clip, preset="voc21", device="cpu", tokenizer=VOCAB,
+                        overrides={"protocol.short_side": None, "protocol.crop": 0, "plugins": plugins})
+        seg.text_bank.encode = lambda spec, q=g["queries"]: q
+        with torch.no_grad():
+            out, _, x = seg.stitched_logits(image, spec)
+        return out, x, seg
+
+    base, x, seg = low("")
+    zero, _, _ = low("presence:text_weight=0,prior_weight=0")
+    assert torch.allclose(base, zero, atol=1e-6)
+    blend, _, _ = low("presence:text_weight=0,prior_weight=0.5")
+    with torch.no_grad():
+        prior = class_token_prior(seg.visual, seg.visual.forward_tokens(x).tokens, g["queries"])[0]
+    assert torch.allclose(blend, 0.5 * base + 0.5 * prior[:, None, None], atol=1e-6)
+    moved, _, _ = low("presence:text_weight=0.5,prior_weight=0")
+    assert not torch.allclose(base, moved, atol=1e-3)

@@ -56,7 +56,7 @@ from ..attention import AttentionRule, Mix
 from ..dense import PLUGINS, Surgery, last_block
 from ..hierarchy import ward_clusters
 from ..inference import CLIP_MEAN, CLIP_STD, Decision, Protocol, slide_logits, window_boxes
-from ..presence import blend_prior, presence_adjusted_queries
+from ..presence import class_token_prior, presence_logits
 from ..spectral import HeadMatching, SpectralDistill, key_graphs, rescale_range
 from .base import MethodSpec, Preset, Recipe, register_method
 from .proxyclip import _IMAGENET_MEAN, _IMAGENET_STD, get_vfm
@@ -139,12 +139,6 @@ class CASSHead:
                                self.pairing)
 
     # ---- pieces (public so tests and other recipes can run them stage by stage) ------------
-    @staticmethod
-    def class_token(visual, tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """The vanilla last block's normalised class token against the queries: (B, Q)."""
-        cls = F.normalize(visual.project(visual.blocks[-1](tokens)[:, :1]), dim=-1)[:, 0]
-        return cls @ queries.to(cls.dtype).T
-
     def dino_keys(self, crop: torch.Tensor, protocol: Protocol, grid: tuple[int, int],
                   clip_keys: torch.Tensor) -> torch.Tensor:
         """DINO's last-block patch keys for one crop, on CLIP's grid, in CLIP's key range:
@@ -188,9 +182,8 @@ class CASSHead:
             _, k, _ = block.attn.qkv(block.ln_1(tok.tokens))
             dk = self.dino_keys(crop, r.protocol, tok.grid, k[0, :, 1:])
             feats, _ = self.features(visual, r.attention, r.surgery, tok.tokens, tok.grid, dk)
-            g = prior if prior is not None else self.class_token(visual, tok.tokens, queries)[0]
-            q2 = presence_adjusted_queries(feats, queries.to(feats.dtype), g, clusters, self.text_weight, self.topk)
-            lg = blend_prior(feats @ q2.T, g.to(feats.dtype), self.prior_weight)
+            g = prior if prior is not None else class_token_prior(visual, tok.tokens, queries)[0]
+            lg = presence_logits(feats, queries, g, clusters, self.text_weight, self.prior_weight, self.topk)
             out.append(lg.T.reshape(1, -1, *tok.grid))
         return torch.cat(out)
 
@@ -201,7 +194,7 @@ class CASSHead:
         prior = None
         if self.global_cls == "image" and len(window_boxes(x.shape[-2], x.shape[-1], p.crop, p.stride)) > 1:
             tok = seg.visual.forward_tokens(x, pos_resize=seg.recipe.pos_resize)
-            prior = self.class_token(seg.visual, tok.tokens, queries)[0]
+            prior = class_token_prior(seg.visual, tok.tokens, queries)[0]
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=self.seed >= 0):
             if self.seed >= 0:
