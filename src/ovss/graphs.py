@@ -87,7 +87,17 @@ class SparseGraph:
         return self.W.shape[0]
 
     def matmul(self, x: Tensor) -> Tensor:
-        return torch.sparse.mm(self.W, x.to(self.W.dtype))
+        """W @ x in the precision of x (float64 x: a float64 product of W's stored values)."""
+        W = self.W if x.dtype == self.W.dtype else self.W.to(x.dtype)
+        return torch.sparse.mm(W, x)
+
+    def shifted(self, alpha: float, dtype: torch.dtype = torch.float64) -> Callable[[Tensor], Tensor]:
+        """x -> (I - alpha W) x with LPOSS's rounding of the Laplacian: the entries alpha * W_ij are
+        formed in W's own precision (float32 there: `eye(N) - alpha * Wn` of a float32 `Wn`, the
+        scalar cast to float32 first), then the product runs in `dtype` (float64, as the float64
+        Laplacian there)."""
+        aW = (torch.tensor(alpha, dtype=self.W.dtype) * self.W).to(dtype)
+        return lambda x: x - torch.sparse.mm(aW, x.to(dtype))
 
     def to_dense(self) -> Tensor:
         return self.W.to_dense()
@@ -192,17 +202,31 @@ def bistochastic(S: Tensor) -> Tensor:
     return S / torch.sqrt(r[:, None] * c[None, :]).clamp(min=1e-12)
 
 
+def _row_sums(rows: Tensor, vals: Tensor, n: int) -> Tensor:
+    """Row sums accumulated in float64 and rounded once to the values' precision.
+
+    LPOSS sums its float32 graph in float32 (`W.sum(axis=1)`), in whatever order the sparse
+    library takes (cuSPARSE on the GPU, numpy's pairwise `add.reduceat` in scipy); the rounded
+    float64 sum is within half an ulp of the exact one, i.e. as close to any of those as they are
+    to each other (see `tests/refine/test_lposs_plus.py` for what that order is worth)."""
+    acc = torch.zeros(n, dtype=torch.float64, device=vals.device).index_add_(0, rows, vals.double())
+    return acc.to(vals.dtype)
+
+
 def normalize(W: SparseGraph | Tensor) -> SparseGraph | Tensor:
-    """D^-1/2 W D^-1/2 with the diagonal removed and zero degrees set to 1 (dense or sparse)."""
+    """D^-1/2 W D^-1/2 with the diagonal removed and zero degrees set to 1 (dense or sparse).
+
+    Sparse: LPOSS's `normalize_connection_graph` in W's precision: degrees rounded to it (see
+    `_row_sums`), D^-1/2 = 1 / sqrt(d), entries (d_i^-1/2 W_ij) d_j^-1/2, each product rounded."""
     if isinstance(W, SparseGraph):
         A = W.W
         i, v = A.indices(), A.values()
         off = i[0] != i[1]
         i, v = i[:, off], v[off]
-        deg = torch.zeros(A.shape[0], dtype=v.dtype, device=v.device).index_add_(0, i[0], v)
+        deg = _row_sums(i[0], v, A.shape[0])
         deg[deg == 0] = 1
-        dm = deg.rsqrt()
-        return SparseGraph(torch.sparse_coo_tensor(i, dm[i[0]] * v * dm[i[1]], A.shape, check_invariants=False).coalesce())
+        dm = deg.rsqrt()  # 1 / sqrt(d), each step rounded (as `1.0 / cp.sqrt(S)`)
+        return SparseGraph(torch.sparse_coo_tensor(i, (dm[i[0]] * v) * dm[i[1]], A.shape, check_invariants=False).coalesce())
     A = W - torch.diag(W.diagonal())
     deg = A.sum(1)
     deg[deg == 0] = 1
@@ -236,8 +260,14 @@ class PixelGraph:
     guide: (C, H, W) per-pixel features (LPOSS+: Lab / (100, 128, 128)); the weight between u and
     u + o is exp(-|g_u - g_{u+o}|_2 / tau). `matmul(x)` computes W_norm @ x for x (H*W, K), with
     W_norm = D^-1/2 W D^-1/2 (`normalize`'s rule: no self loops, zero degree -> 1).
-    cache: keep the per-offset weight maps ((2n+1)^2 - 1 maps of H x W) instead of recomputing
-    them at every product.
+
+    Precision follows LPOSS's `get_lposs_plus_laplacian`: weights, degrees (see `_row_sums`),
+    D^-1/2 and the normalised entries (d_u^-1/2 w) d_v^-1/2 are formed in the guide's precision
+    (float32), each step rounded as there; the products with x run in `dtype` (float64, as its
+    float64 Laplacian). `shifted(alpha)` is (I - alpha W_norm) with alpha * W_norm rounded to the
+    guide's precision too, as `eye(N) - alpha * Wn` does.
+    cache: keep the per-offset normalised weight maps ((2n+1)^2 - 1 maps of H x W, in the guide's
+    precision) instead of recomputing them at every product.
     """
 
     def __init__(self, guide: Tensor, neigh: int = 6, tau: float = 0.01, dtype: torch.dtype = torch.float64,
@@ -247,54 +277,81 @@ class PixelGraph:
         self.neigh, self.tau, self.dtype = neigh, tau, dtype
         self.offsets = [o for o in product(range(-neigh, neigh + 1), repeat=2) if o != (0, 0)]
         if cache is None:  # about 1 GiB of maps at most
-            cache = len(self.offsets) * self.h * self.w * torch.finfo(dtype).bits // 8 <= 2**30
-        self._maps = [self._weights(o) for o in self.offsets] if cache else None
-        deg = torch.zeros(self.h, self.w, dtype=dtype, device=guide.device)
+            cache = len(self.offsets) * self.h * self.w * torch.finfo(guide.dtype).bits // 8 <= 2**30
+        maps = [self._weights(o) for o in self.offsets] if cache else None
+        deg = torch.zeros(self.h, self.w, dtype=torch.float64, device=guide.device)
         for j, o in enumerate(self.offsets):
-            deg += self._map(j, o)
+            deg += maps[j] if maps is not None else self._weights(o)
+        deg = deg.to(guide.dtype)
         deg[deg == 0] = 1
-        self.dm = deg.rsqrt()
+        self.dm = deg.rsqrt()  # 1 / sqrt(d), each step rounded (as `1.0 / cp.sqrt(S)`)
+        # cached: the weights are normalised in place (no second set of maps)
+        self._maps = [self._normalised(o, w) for o, w in zip(self.offsets, maps)] if cache else None
 
     @property
     def n(self) -> int:
         return self.h * self.w
 
-    def _weights(self, o: tuple[int, int]) -> Tensor:
-        """(H, W) weights w(u, u + o); 0 where u + o leaves the image."""
+    def _slices(self, o: tuple[int, int]) -> tuple[slice, slice, slice, slice]:
+        """(rows of u, rows of u + o, columns of u, columns of u + o) where both are inside."""
         dy, dx = o
+        return (slice(max(0, -dy), self.h - max(0, dy)), slice(max(0, dy), self.h - max(0, -dy)),
+                slice(max(0, -dx), self.w - max(0, dx)), slice(max(0, dx), self.w - max(0, -dx)))
+
+    def _weights(self, o: tuple[int, int]) -> Tensor:
+        """(H, W) weights w(u, u + o) in the guide's precision; 0 where u + o leaves the image."""
         g = self.guide
-        out = torch.zeros(self.h, self.w, dtype=self.dtype, device=g.device)
-        ys, yd = slice(max(0, -dy), self.h - max(0, dy)), slice(max(0, dy), self.h - max(0, -dy))
-        xs, xd = slice(max(0, -dx), self.w - max(0, dx)), slice(max(0, dx), self.w - max(0, -dx))
+        out = torch.zeros(self.h, self.w, dtype=g.dtype, device=g.device)
+        ys, yd, xs, xd = self._slices(o)
         diff = ((g[:, ys, xs] - g[:, yd, xd]) ** 2).sum(0).sqrt()
-        out[ys, xs] = torch.exp(-diff / self.tau).to(self.dtype)
+        out[ys, xs] = torch.exp(-diff / self.tau)
         return out
 
+    def _normalised(self, o: tuple[int, int], w: Tensor | None = None) -> Tensor:
+        """(H, W) normalised weights (d_u^-1/2 w(u, u + o)) d_{u+o}^-1/2, each product rounded to
+        the guide's precision (as `D_mh * W * D_mh` of float32 matrices); 0 outside. A given
+        weight map `w` is overwritten."""
+        w = self._weights(o) if w is None else w
+        ys, yd, xs, xd = self._slices(o)
+        w[ys, xs].mul_(self.dm[ys, xs]).mul_(self.dm[yd, xd])  # (w d_u^-1/2) d_v^-1/2, in place
+        return w
+
     def _map(self, j: int, o: tuple[int, int]) -> Tensor:
-        return self._maps[j] if self._maps is not None else self._weights(o)
+        return self._maps[j] if self._maps is not None else self._normalised(o)
+
+    def _product(self, x: Tensor, scale: Tensor | None, dtype: torch.dtype | None = None) -> Tensor:
+        """sum_o n_o(u) x(u + o), n_o = (d_u^-1/2 w) d_{u+o}^-1/2 (times `scale`), in `dtype`
+        (default self.dtype)."""
+        dtype = dtype or self.dtype
+        k = x.shape[-1]
+        xs = x.to(dtype).reshape(self.h, self.w, k)
+        y = torch.zeros_like(xs)
+        for j, o in enumerate(self.offsets):
+            ys, yd, xs_, xd = self._slices(o)
+            nmap = self._map(j, o)[ys, xs_]
+            if scale is not None:
+                nmap = scale * nmap
+            y[ys, xs_] += nmap.to(dtype)[..., None] * xs[yd, xd]
+        return y.reshape(self.n, k)
 
     def matmul(self, x: Tensor) -> Tensor:
-        k = x.shape[-1]
-        xs = (x.to(self.dtype).reshape(self.h, self.w, k) * self.dm[..., None])
-        y = torch.zeros_like(xs)
-        for j, (dy, dx) in enumerate(self.offsets):
-            wmap = self._map(j, (dy, dx))
-            ys, yd = slice(max(0, -dy), self.h - max(0, dy)), slice(max(0, dy), self.h - max(0, -dy))
-            xs_, xd = slice(max(0, -dx), self.w - max(0, dx)), slice(max(0, dx), self.w - max(0, -dx))
-            y[ys, xs_] += wmap[ys, xs_, None] * xs[yd, xd]
-        return (y * self.dm[..., None]).reshape(self.n, k)
+        return self._product(x, None)
+
+    def shifted(self, alpha: float, dtype: torch.dtype | None = None) -> Callable[[Tensor], Tensor]:
+        """x -> (I - alpha W_norm) x, alpha * W_norm rounded as LPOSS's Laplacian (see the class)."""
+        a = torch.tensor(alpha, dtype=self.guide.dtype, device=self.guide.device)
+        dtype = dtype or self.dtype
+        return lambda x: x.to(dtype) - self._product(x, a, dtype)
 
     def to_sparse(self) -> SparseGraph:
         """The normalised graph as a sparse matrix (tests, small images)."""
         rows, cols, vals = [], [], []
         idx = torch.arange(self.n, device=self.guide.device).reshape(self.h, self.w)
-        for j, (dy, dx) in enumerate(self.offsets):
-            wmap = self._map(j, (dy, dx))
-            ys, yd = slice(max(0, -dy), self.h - max(0, dy)), slice(max(0, dy), self.h - max(0, -dy))
-            xs, xd = slice(max(0, -dx), self.w - max(0, dx)), slice(max(0, dx), self.w - max(0, -dx))
+        for j, o in enumerate(self.offsets):
+            ys, yd, xs, xd = self._slices(o)
             rows.append(idx[ys, xs].flatten())
             cols.append(idx[yd, xd].flatten())
-            vals.append((wmap[ys, xs] * self.dm[ys, xs] * self.dm[yd, xd]).flatten())
+            vals.append(self._map(j, o)[ys, xs].flatten())
         return SparseGraph(_coo(torch.cat(rows), torch.cat(cols), torch.cat(vals), self.n))
 
 
@@ -327,12 +384,15 @@ def cg_solve(W, Y: Tensor, alpha: float = 0.95, maxiter: int = 10, tol: float = 
     product per step. W: normalised graph (SparseGraph, PixelGraph, dense tensor or a callable).
     dtype: the solve's precision (float64 as in LPOSS, where I - alpha W is float64).
     """
-    mm = _matmul(W)
     out_dtype = Y.dtype
     b = Y.to(dtype) if dtype is not None else Y
+    if isinstance(W, (SparseGraph, PixelGraph)):  # (I - alpha W) rounded as LPOSS's Laplacian
+        A = W.shifted(alpha, b.dtype)
+    else:
+        mm = _matmul(W)
 
-    def A(x):
-        return x - alpha * mm(x).to(x.dtype)
+        def A(x):
+            return x - alpha * mm(x).to(x.dtype)
 
     x = torch.zeros_like(b)
     r = b.clone()

@@ -24,6 +24,13 @@ number of queries (no reduction; the per-query scores are stored). 8 queries: cl
 words, then 4 classes; labels = reduce_to_true_classes(5 classes) + argmax.
 Stored (tests/golden/lposs_small.safetensors): `image` (uint8), `queries`, `<run>.logits` every
 4th row/column, `<run>.labels`.
+
+`--full [--seed S]` stores nothing: ViT-B/16-sized CLIP and DINO (DINO drawn after
+torch.manual_seed(S)) run through the reference and ovss; it prints, per run, the max abs
+difference and label mismatches, the DINO features' difference, the smallest gap between the
+reference's 400th and 401st similarity, the rows whose kNN differs, and the reference against
+itself with its kNN ties sent to the lowest vs the highest index and with its similarities
+rounded from float64 products.
 """
 
 from __future__ import annotations
@@ -117,6 +124,7 @@ def main() -> None:
     ap.add_argument("--dino", type=Path, required=True)
     ap.add_argument("--full", action="store_true",
                     help="ViT-B/16 CLIP + DINO ViT-B/16 random weights, in memory against ovss (printed)")
+    ap.add_argument("--seed", type=int, default=0, help="--full: the seed of the random DINO weights")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ev = load_lposs_eval(args.lposs)
@@ -129,6 +137,10 @@ def main() -> None:
     dino_mod = load_module("ref_dino_vit", args.dino / "vision_transformer.py")
     g = torch.Generator().manual_seed(20250620)
     if args.full:
+        torch.manual_seed(args.seed)
+        ref_feats = {}
+        lap = ev.get_lposs_laplacian
+        ev.get_lposs_laplacian = lambda feats, *a, **k: (ref_feats.__setitem__("dino", feats), lap(feats, *a, **k))[1]
         dino = dino_mod.VisionTransformer(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4,
                                           qkv_bias=True, norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6)).eval()
         from make_clip_golden import perturb_ as perturb_clip
@@ -171,13 +183,35 @@ def main() -> None:
         out[f"{run}.labels"] = labels.to(torch.uint8).contiguous()
         print(run, tuple(masks.shape), "labels", labels.unique().tolist())
         if args.full:
-            compare_full(run, masks[0], labels, image, queries, dino, ours_clip, ori)
+            compare_full(run, masks[0], labels, image, queries, dino, ours_clip, ori, ref_feats["dino"])
+            # the reference against itself, its kNN's ties going to the lowest / the highest index
+            faiss, knn = sys.modules["faiss"], sys.modules["faiss"].knn_gpu
+            tied = []
+            for flip in (False, True):
+                def knn_sorted(res, xq, xb, k, metric=None, flip=flip):
+                    s = xq @ xb.T
+                    v, i = (s.flip(1) if flip else s).sort(dim=1, descending=True, stable=True)
+                    return v[:, :k], (xb.shape[0] - 1 - i[:, :k]) if flip else i[:, :k]
+
+                faiss.knn_gpu = knn_sorted
+                inf.num_classes = N_QUERIES
+                with torch.no_grad():
+                    tied.append(inf.slide_inference(inputs, [{"ori_shape": ori}], True))
+            # ... and with its similarities rounded from float64 products (another float32 order)
+            faiss.knn_gpu = lambda res, xq, xb, k, metric=None: (xq.double() @ xb.double().T).float().topk(k, dim=1)
+            with torch.no_grad():
+                tied.append(inf.slide_inference(inputs, [{"ori_shape": ori}], True))
+            faiss.knn_gpu = knn
+            print(f"  reference vs itself, kNN ties to the lowest vs the highest index: max abs diff "
+                  f"{(tied[0] - tied[1]).abs().max().item():.3g}; similarities from float64 products: "
+                  f"{(tied[2] - masks).abs().max().item():.3g}")
     if args.full:
         return
     save_file(out, str(HERE / "lposs_small.safetensors"), metadata={"logits_step": str(STEP)})
 
 
-def compare_full(run, ref, ref_labels, image, queries, dino, ours_clip, ori) -> None:
+def compare_full(run, ref, ref_labels, image, queries, dino, ours_clip, ori, ref_dino) -> None:
+    import ovss.methods.lposs as ovss_lposs
     from ovss.backbones.dino import create_dino
     from ovss.backbones.factory import LoadedClip
     from ovss.inference import class_probabilities, decide, upsample
@@ -191,9 +225,22 @@ def compare_full(run, ref, ref_labels, image, queries, dino, ours_clip, ori) -> 
                     overrides={"protocol.short_side": None, "plugins": "lposs:vfm=full-dino16"})
     seg.text_bank.encode = lambda spec, q=queries: q
     spec_q = ClassSpec(tuple((f"q{i}",) for i in range(N_QUERIES)), background=False)
-    with torch.no_grad():
-        low, _, x = seg.stitched_logits(image.numpy(), spec_q)
-        logits = upsample(seg.refine(low, x, spec_q, "network"), ori)
+    ours = {}
+    graph = ovss_lposs.lposs_patch_graph
+    ovss_lposs.lposs_patch_graph = lambda feats, *a, **k: (ours.__setitem__("dino", feats), graph(feats, *a, **k))[1]
+    try:
+        with torch.no_grad():
+            low, _, x = seg.stitched_logits(image.numpy(), spec_q)
+            logits = upsample(seg.refine(low, x, spec_q, "network"), ori)
+    finally:
+        ovss_lposs.lposs_patch_graph = graph
+    # the kNN at its boundary: rows whose k-th and (k+1)-th reference similarities are closer than
+    # the float32 noise of the two DINO implementations can select another neighbour
+    sims = (ref_dino @ ref_dino.T).topk(401, dim=1).values
+    sets = [(f @ f.T).topk(400, dim=1).indices.sort(1).values for f in (ref_dino, ours["dino"])]
+    print(f"  DINO features max abs diff {(ours['dino'] - ref_dino).abs().max().item():.2g}; smallest gap between "
+          f"the 400th and 401st reference similarity {(sims[:, 399] - sims[:, 400]).min().item():.2g}; rows whose "
+          f"kNN differs {int((sets[0] != sets[1]).any(1).sum())}")
     labels, _ = decide(class_probabilities(logits, [0, 0, 0, 0, 1, 2, 3, 4], N_CLASSES, 1.0),
                        seg.recipe.decision)
     diff = (logits.double() - ref.double()).abs().max().item()

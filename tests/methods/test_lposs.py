@@ -50,23 +50,23 @@ def test_logits_and_labels_match_reference(golden, method):
         logits = upsample(low, ori)
     ref = g[f"{method}.logits"]
     diff = (logits[:, ::step, ::step] - ref).abs().max().item()
-    scale = ref.abs().max().item()
-    print(method, "max abs diff", diff, "relative to the largest score", diff / scale)
-    # LPOSS's scores are ~6 (patch LP), LPOSS+'s ~155 (the pixel LP sums alpha^t W^t over a
-    # second graph): float32 noise of the features (1e-7) comes out at ~7e-6 of the scale after
-    # the two ill-conditioned solves (cond(I - 0.95 W) up to 39), so the bound is relative there
-    assert diff < max(1e-4, 1e-5 * scale), diff
+    print(method, "max abs diff", diff, "largest score", ref.abs().max().item())
+    # measured: 1.4e-6 (LPOSS, scores up to 6.2) and 6.1e-5 (LPOSS+, scores up to 156). What is
+    # left: float32 noise of the two ViTs (DINO features 1.2e-7, seeds 6e-8) and the float32 degree sums of both graphs, whose
+    # summation order is the sparse library's (numpy's pairwise reduceat in the golden's scipy
+    # stand-in, cuSPARSE on the GPU); see tests/refine/test_lposs_plus.py for what that order
+    # alone is worth in the reference itself. Not met in general: where two of a node's
+    # similarities tie (or come closer than the ViTs' 1e-7 noise) at rank k, the kNN may keep the
+    # other one and the scores move by ~1e-3 (LPOSS) / ~1e-2 (LPOSS+); the reference itself moves
+    # as much with its ties broken the other way (tests/golden/README.md, `--full`). This golden
+    # has no such row (smallest gap at rank 400: 3.9e-7; DINO features 1.2e-7 apart).
+    assert diff < 1e-4, diff
     from ovss.inference import class_probabilities, decide
 
     labels, _ = decide(class_probabilities(logits, SPEC_C.query_to_class, 5, 1.0), get_method(method).recipe.decision)
     bad = labels.to(torch.uint8) != g[f"{method}.labels"]
     print(method, "label mismatches", int(bad.sum()), "of", bad.numel())
-    if method == "lposs":
-        assert not bad.any()
-    else:  # LPOSS+: a flip is allowed only at a near-tie, inside the score tolerance above
-        per_class = torch.stack([logits[:4].amax(0), *logits[4:]])
-        top2 = per_class.topk(2, dim=0).values
-        assert bad.sum() <= 2 and ((top2[0] - top2[1])[bad] < 2 * max(1e-4, 1e-5 * scale)).all()
+    assert not bad.any()
 
 
 def test_presets():
@@ -77,3 +77,24 @@ def test_presets():
         assert bool(r.refiners) == (name == "lposs+")
         for preset in spec.presets.values():
             assert all(k in preset.sources for k in preset.overrides)
+
+
+def test_presets_use_lposs_class_lists():
+    """LPOSS's own lists (its dataset classes' CLASSES, data/classnames/lposs/), not SCLIP's."""
+    from ovss.text_bank import parse_classes
+
+    root = Path(__import__("ovss").__file__).parent / "data" / "classnames"
+    spec = get_method("lposs")
+    assert set(spec.presets) == {"voc21", "voc20", "context60", "context59", "coco-stuff171", "coco-object",
+                                 "cityscapes", "ade20k"}  # no ADE20K-847 in LPOSS
+    for name, preset in spec.presets.items():
+        assert preset.classes.startswith("lposs/") and (root / preset.classes).is_file()
+        assert preset.sources["classes"].startswith("LPOSS ")
+        assert get_method("lposs+").presets[name].classes == preset.classes
+    voc = parse_classes(root / "lposs" / "cls_voc21.txt")
+    assert len(voc) == 21 and len(voc.synonyms[0]) == 26 and voc.synonyms[16] == ("potted plant",)
+    assert parse_classes(root / "lposs" / "cls_context60.txt").synonyms[0] == ("background",)
+    assert parse_classes(root / "lposs" / "cls_city_scapes.txt").synonyms[6] == ("traffic light",)
+    # OpenAI's 0-1 mean/std on the 0-255 scale (not the mmseg configs' rounded 122.771, ...)
+    p = spec.resolve("ade20k").protocol
+    assert abs(p.mean[0] - 255 * 0.48145466) < 1e-9 and abs(p.std[2] - 255 * 0.27577711) < 1e-9

@@ -25,10 +25,21 @@ Backbones: OpenCLIP ViT-B/16 laion2b_s34b_b88k (`configs/maskclip.yaml`) and DIN
 In ovss the patch stage is the head `lposs` (`LPOSSHead.joint_slide`), which replaces the
 per-window readout: it needs every window's features at once.
 
+Class lists: LPOSS's own (its dataset classes' CLASSES, shipped as data/classnames/lposs/); VOC21
+and COCO-Object class 0 are its stuff words, Context-60's the word "background"; no thresholds.
+LPOSS evaluates on these 8 benchmarks only (configs/lposs.yaml:27-35 `evaluate.task`), not ADE20K-847.
+
+Precision, as the reference (see ovss.graphs): both Laplacians are built in float32 (degrees,
+D^-1/2, products, alpha * W) and solved in float64; the patch scores stay float64 until the
+windows are added into the float32 canvas; LPOSS+'s float64 scores are resized to the original
+size in float64 (`inference.upsample`). Input: the 0-1 image normalised with OpenAI's 0-1
+mean/std (`protocol.mean` / `std` are those times 255, not the mmseg configs' 122.771 ..., which
+are 5e-6 off); the head recovers the 0-1 image from the network input and normalises it with the
+0-1 constants for CLIP and ImageNet's for DINO, as there.
+
 Not reproduced: FAISS's GPU kNN and CuPy (exact top-k and a column-batched CG of the same steps
-here); the reference normalises 0-1 images with OpenAI's 0-1 mean/std where ovss uses the
-0-255 constants (equal to float rounding). The class lists of LPOSS's dataset files are not
-shipped (the presets take the benchmark's class list from the user).
+here); the order of the float32 degree sums (cuSPARSE's there, a rounded float64 sum here;
+tests/refine/test_lposs_plus.py shows what that order is worth).
 """
 
 from __future__ import annotations
@@ -41,13 +52,17 @@ import torch.nn.functional as F
 from ..attention import AttentionRule
 from ..dense import PLUGINS, Surgery, dense_embeddings
 from ..graphs import lposs_patch_graph, normalize, patch_centres, propagate
-from ..inference import CLIP_MEAN, CLIP_STD, Decision, Protocol, window_boxes
+from ..inference import Decision, Protocol, window_boxes
 from ..refine.lposs import LPOSSPlus
 from .base import MethodSpec, Preset, Recipe, register_method
 from .proxyclip import get_vfm
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# OpenAI's 0-1 mean/std (models/maskclip/maskclip.py:21), on the 0-255 scale. Not CLIP_MEAN /
+# CLIP_STD: those are the mmseg configs' rounded constants (122.771 vs 122.77094), 5e-6 apart.
+_OPENAI_MEAN = tuple(255 * v for v in (0.48145466, 0.4578275, 0.40821073))
+_OPENAI_STD = tuple(255 * v for v in (0.26862954, 0.26130258, 0.27577711))
 
 
 @dataclass(frozen=True)
@@ -81,12 +96,19 @@ class LPOSSHead:
         std = torch.tensor(p.std, device=x.device).view(1, 3, 1, 1)
         im = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         ist = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        # the protocol's mean/std on the 0-1 scale (OpenAI's constants for the presets)
+        m01 = (torch.tensor(p.mean, dtype=torch.float64) / 255).float().to(x.device).view(1, 3, 1, 1)
+        s01 = (torch.tensor(p.std, dtype=torch.float64) / 255).float().to(x.device).view(1, 3, 1, 1)
         clip_f, dino_f, grids = [], [], []
         nb = max(p.window_batch, 1)
         for s in range(0, len(boxes), nb):
             crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes[s:s + nb]])
-            feats, (h, w) = dense_embeddings(seg.visual, crops, r.attention, r.surgery, r.pos_resize)
-            d = dino_features(vfm, ((crops * std + mean) / 255.0 - im) / ist, kind=self.feature)
+            # both inputs as there: the 0-1 image normalised with 0-1 constants
+            # (models/maskclip/maskclip.py:21, 125; models/lposs/lposs.py:10, 87); the crops are a
+            # uint8 image normalised, so rounding recovers it exactly
+            rgb01 = (crops * std + mean).round() / 255.0
+            feats, (h, w) = dense_embeddings(seg.visual, (rgb01 - m01) / s01, r.attention, r.surgery, r.pos_resize)
+            d = dino_features(vfm, (rgb01 - im) / ist, kind=self.feature)
             hd, wd = d.shape[-2:]
             c = feats.transpose(1, 2).reshape(feats.shape[0], -1, h, w)
             if (h, w) != (hd, wd):
@@ -100,9 +122,11 @@ class LPOSSHead:
         offsets = torch.tensor([[b[0], b[2]] for b in boxes], dtype=torch.float32, device=x.device)
         centres = patch_centres(grids, offsets, vfm.patch_size)
         graph = normalize(lposs_patch_graph(dino_f, centres, self.k, self.gamma, self.sigma, self.eta))
-        z = propagate(graph, seeds, self.alpha, self.solver, self.maxiter)
-        canvas = torch.zeros(z.shape[1], H, W, device=x.device, dtype=z.dtype)
-        count = torch.zeros(1, H, W, device=x.device, dtype=z.dtype)
+        # float64 seeds -> float64 scores, as there (perform_lp fills a float64 array); each window
+        # is resized in float64 and added into the float32 canvas (lposs_eval.py:312-341)
+        z = propagate(graph, seeds.double(), self.alpha, self.solver, self.maxiter)
+        canvas = torch.zeros(z.shape[1], H, W, device=x.device, dtype=seeds.dtype)
+        count = torch.zeros(1, H, W, device=x.device, dtype=seeds.dtype)
         start = 0
         for (y1, y2, x1, x2), (hd, wd) in zip(boxes, grids):
             blk = z[start:start + hd * wd].T.reshape(1, -1, hd, wd)
@@ -126,6 +150,25 @@ _DATASETS = {  # preset -> (LPOSS dataset config file, line of img_scale, line o
     "coco-stuff171": ("stuff", 11, 31), "coco-object": ("coco", 10, 31),
     "cityscapes": ("cityscapes", 10, 30), "ade20k": ("ade20k", 30, 57),
 }
+# preset -> (shipped list under data/classnames/lposs/, LPOSS file:lines of the dataset class's
+# CLASSES). The class names are `dataset.CLASSES` (main_eval.py:34-36,
+# segmentation/evaluation/builder.py:52), ';' separating the queries of one class
+# (models/maskclip/maskclip.py:179-180). segmentation/datasets/__init__.py
+# imports all five of its modules when custom_import.py pulls in coco_object, so its classes
+# (registered with force=True) replace the vendored mmseg ones; ADE20K and Cityscapes come from the
+# vendored mmseg/ (the repo root is first on sys.path).
+_CLASSES = {
+    "voc21": ("cls_voc21.txt", "segmentation/datasets/pascal_voc.py:16-20 (PascalVOCDataset)"),
+    "voc20": ("cls_voc20.txt", "segmentation/datasets/pascal_voc20.py:16-19 (PascalVOCDataset20)"),
+    "context60": ("cls_context60.txt", "segmentation/datasets/pascal_context.py:19-28 (PascalContextDataset)"),
+    "context59": ("cls_context59.txt", "segmentation/datasets/pascal_context.py:69-77 (PascalContextDataset59)"),
+    "coco-stuff171": ("cls_coco_stuff.txt", "segmentation/datasets/coco_stuff.py:15-44 (COCOStuffDataset)"),
+    "coco-object": ("cls_coco_object.txt", "segmentation/datasets/coco_object.py:15-24 (COCOObjectDataset)"),
+    "cityscapes": ("cls_city_scapes.txt", "mmseg/datasets/cityscapes.py:21-24 (CityscapesDataset)"),
+    "ade20k": ("cls_ade20k.txt", "mmseg/datasets/ade.py:21-45 (ADE20KDataset)"),
+}
+_BED = ("COCO-Object's list has 'bed' among class 0's words and as class 60 (as SCLIP's): both queries "
+        "get equal scores and the reference's argmax tie goes to class 0, so 'bed' is never predicted.")
 
 
 def _preset(name: str, plus: bool) -> Preset:
@@ -135,16 +178,19 @@ def _preset(name: str, plus: bool) -> Preset:
         "protocol.long_cap": (2048, _DS.format(ds, scale_line)),
         "protocol.crop": (224, _DS.format(ds, cfg_line) + " crop_size=(224, 224)"),
         "protocol.stride": (112, _DS.format(ds, cfg_line) + " stride=(112, 112)"),
+        "protocol.mean": (_OPENAI_MEAN, "LPOSS models/maskclip/maskclip.py:21 (OPENAI_NORMALIZE on 0-1 input) x 255"),
+        "protocol.std": (_OPENAI_STD, "LPOSS models/maskclip/maskclip.py:21 (OPENAI_NORMALIZE on 0-1 input) x 255"),
         "plugins": ("lposs:vfm=dino-vitb16,feature=v,k=400,gamma=3.0,sigma=0.01,eta=1.0,alpha=0.95,maxiter=10",
                     _CFG_LP + " (k, gamma, sigma, pix_dist_pow, alpha, enc_type_feats); " + _EVAL.format("89-103")),
         "refiners": ("lposs_plus:alpha=0.95,tau=0.01,r=13,maxiter=10" if plus else "",
                      _CFG_LPP + " (pixel_refine: true, tau, r)" if plus else _CFG_LP + " (pixel_refine: false)"),
     }
+    file, where = _CLASSES[name]
     return Preset(overrides={k: v for k, (v, _) in values.items()},
-                  sources={k: s for k, (_, s) in values.items()},
+                  sources={k: s for k, (_, s) in values.items()} | {"classes": "LPOSS " + where},
+                  classes=f"lposs/{file}",
                   background=name in ("voc21", "context60", "coco-object"),
-                  note="Class lists: LPOSS's dataset files (segmentation/datasets/*.py) are not shipped; "
-                       "give the benchmark's classes (VOC21/COCO-Object class 0 = its stuff words).")
+                  note=_BED if name == "coco-object" else "")
 
 
 def _spec(name: str, plus: bool) -> MethodSpec:
@@ -153,12 +199,12 @@ def _spec(name: str, plus: bool) -> MethodSpec:
         recipe=Recipe(
             attention=AttentionRule(("id",)),
             surgery=Surgery(residual=True, ffn=True),
-            protocol=Protocol(short_side=448, long_cap=2048, crop=224, stride=112, mean=CLIP_MEAN, std=CLIP_STD),
+            protocol=Protocol(short_side=448, long_cap=2048, crop=224, stride=112, mean=_OPENAI_MEAN, std=_OPENAI_STD),
             decision=Decision(logit_scale=1.0, prob_thd=0.0, area_thd=None),
             templates="imagenet80",
             pos_resize="size",
             plugins=(LPOSSHead(),),
-            refiners=(LPOSSPlus(),) if plus else (),
+            refiners=(LPOSSPlus(mean=_OPENAI_MEAN, std=_OPENAI_STD),) if plus else (),
         ),
         summary=("MaskCLIP seeds propagated on a DINO kNN graph over all windows jointly (CG, 10 steps)"
                  + ("; then pixel-level propagation on a Lab colour graph (13x13 windows)" if plus else "")),

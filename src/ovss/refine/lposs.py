@@ -7,7 +7,10 @@ segmentation/evaluation/lposs_eval.py:
   window (neigh = r // 2, line 348), weight exp(-|lab_u - lab_v|_2 / tau);
 - the symmetric normalisation with zero degrees set to 1 (`normalize_connection_graph`, 37-48);
 - (I - alpha W) Z = Y per class by CuPy's CG with x0 = 0, tol 1e-6, maxiter 10 (`dfs_search`,
-  `perform_lp`, lines 89-103), in float64 (the Laplacian is float64 there);
+  `perform_lp`, lines 89-103), in float64 (`eye(N) - alpha * Wn` is float64 there, its entries
+  the float32 `alpha * Wn`; `graphs.PixelGraph` rounds them the same way); the float64 result is
+  returned as it is at the network stage, and `inference.upsample` resizes it in float64 as the
+  reference's final resize does (lines 356-361);
 - hyper-parameters alpha 0.95, tau 0.01, r 13 (configs/lposs_plus.yaml).
 Seeds are whatever logits the method hands over (LPOSS: its patch-level LP, upsampled).
 
@@ -67,8 +70,11 @@ class LPOSSPlus:
         _, q, h, w = logits.shape
         graph = PixelGraph(lab_guide(self.rgb(guide[0])), neigh=self.r // 2, tau=self.tau)
         y = logits[0].permute(1, 2, 0).reshape(h * w, q)
-        z = propagate(graph, y, self.alpha, self.solver, self.maxiter)
-        return z.reshape(h, w, q).permute(2, 0, 1)[None].to(logits.dtype)
+        z = propagate(graph, y.double(), self.alpha, self.solver, self.maxiter)
+        z = z.reshape(h, w, q).permute(2, 0, 1)[None]
+        # network stage: float64 out, as LPOSS's scores (its final resize runs in float64;
+        # `inference.upsample` does the same and hands float32 on)
+        return z if self.stage == "network" else z.to(logits.dtype)
 
 
 REFINERS.register("lposs_plus", LPOSSPlus)
