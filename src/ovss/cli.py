@@ -137,8 +137,13 @@ def _eval_one(args: argparse.Namespace, method_name: str, dataset, out: Path):
     elif seg.preset_class_spec() is not None:
         classes = seg.preset_class_spec()
         background = classes.background
+    protocol = args.protocol or (method.presets[preset].eval_protocol if preset is not None else "mmseg")
+    if protocol != "mmseg":
+        print(f"evaluation protocol: {protocol}" + ("" if args.protocol else f" (preset {preset!r}; --protocol mmseg "
+                                                                            "for the standard one)"))
     results = evaluate(seg, dataset, out, classes=classes, background=background or args.background,
-                       limit=args.limit, save_predictions=args.save_predictions, progress=not args.quiet)
+                       limit=args.limit, save_predictions=args.save_predictions, progress=not args.quiet,
+                       protocol=protocol, size=args.protocol_size)
     if results is not None:
         print(markdown_table(results))
         print(f"results written to {out}/results.json and results.md")
@@ -160,7 +165,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         if m.code:
             print(f"  code:  {m.code}")
         r = m.recipe
-        print(f"  recipe: attention={r.attention} surgery[{r.surgery}] templates={r.templates}")
+        print(f"  recipe: attention={r.attention.describe()} surgery[{r.surgery}] templates={r.templates}")
         p = r.protocol
         win = "whole image" if p.crop == 0 else f"windows {p.crop}/{p.stride}"
         print(f"          short side {p.short_side}, {win}, logit scale {r.decision.logit_scale}, "
@@ -245,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--background", action="store_true", help="class 0 is background")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--limit", type=int, help="evaluate only the first N images")
+    e.add_argument("--protocol", choices=["mmseg", "cliptrase"],
+                   help="mmseg (full-size labels, mmseg IoUMetric) or cliptrase (CLIPtrase's own: center crop, "
+                   "255 as background, mIoU over the classes in the ground truth); default: the preset's, else mmseg")
+    e.add_argument("--protocol-size", type=int, metavar="PX",
+                   help="the cliptrase protocol's resize + center-crop size (default: the recipe's short side)")
     e.add_argument("--out", help="results folder (default: results/DATASET[/METHOD])")
     e.add_argument("--synthetic-n", type=int, default=200, help="images to write for a missing synthetic split")
     e.add_argument("--save-predictions", action="store_true")
@@ -271,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_serve_parser(sub)
 
-    d = sub.add_parser("download", help="fetch a backbone's weights ahead, for offline use")
+    d = sub.add_parser("download", help="fetch a backbone's weights ahead, for offline use (CLIP or DINO names)")
     d.add_argument("names", nargs="+")
     d.add_argument("--cache-dir")
     d.set_defaults(func=cmd_download)

@@ -8,11 +8,14 @@ README there): per run the layer-11 self-correlation map (every 4th row, 224 px 
 DBSCAN labels, the upsampled patch logits (cosines) and the final label map (background = 5).
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from deep_parity import GOLDEN, VOCAB, load_golden, small_clip
 
+import ovss
 from ovss.affinity import self_correlation
 from ovss.backbones.vit import Tap
 from ovss.inference import preprocess, upsample
@@ -248,3 +251,51 @@ def test_standard_presets_take_sclips_protocol():
         assert r.refiners == (Cluster(1.1, 7),)
         assert spec.presets[name].classes == sclip.presets[name].classes
         assert spec.presets[name].sources["protocol.crop"].startswith("SCLIP ")
+        assert spec.presets[name].eval_protocol == "mmseg"
+
+
+# Its own protocol per benchmark: ovss benchmark -> (its dataset_cfg.py key and lines, background,
+# classes, queries, class 0's first queries, the last class). Queries: VOC21 33 background words
+# with "bed" twice (one query here: duplicates give equal logits) and "beach" "hill" run together
+# into "beachhill" (line 53); COCO80_val 107 background words (line 16); PC60 ["background"] (37).
+OWN = {
+    "voc21": ("VOC21 49-54", True, 21, 20 + 32, ("background", "sky", "wall"), ("tv",)),
+    "voc20": ("VOC20 44-48", False, 20, 20, ("aeroplane",), ("tv",)),
+    "context60": ("PC60 33-38", True, 60, 60, ("background",), ("wood",)),
+    "context59": ("PC59 28-32", False, 59, 59, ("aeroplane",), ("wood",)),
+    "coco-object": ("COCO80_val 12-17", True, 81, 80 + 107, ("textile", "building", "furniture"), ("toothbrush",)),
+    "coco-stuff171": ("COCO171_val 18-22", False, 171, 171, ("person",), ("wood",)),
+    "ade20k": ("ADE150 2-6", False, 150, 150, ("wall",), ("flag",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWN))
+@pytest.mark.parametrize("size", [224, 336])
+def test_own_protocol_presets(name, size):
+    """`<benchmark>-repo-<size>`: the model side of `repo-<size>` (clip_self_correlation.py:233-234
+    for DBSCAN, 159-161 for VOC20's class-token prior), its class lists (configs/dataset_cfg.py),
+    the background flag of its with_bg datasets (line 115) and its evaluation protocol."""
+    from ovss.cls_prior import ClsPrior
+
+    where, bg, n_cls, n_q, first, last = OWN[name]
+    spec = get_method("cliptrase")
+    p = spec.presets[f"{name}-repo-{size}"]
+    r = spec.resolve(f"{name}-repo-{size}")
+    base = spec.resolve(f"repo-{size}")
+    assert r.plugins == ((ClsPrior(100.0),) if name == "voc20" else ())
+    assert r.with_overrides({"plugins": ""}) == base.with_overrides({"plugins": ""})
+    assert r.protocol.short_side == size and r.refiners == ((Cluster(0.7, 3, -2, 4, "majority"),) if size == 224
+                                                           else (Cluster(1.1, 7, -2, 4, "majority"),))
+    assert p.eval_protocol == "cliptrase" and spec.presets[f"repo-{size}"].eval_protocol == "cliptrase"
+    assert p.background is bg
+    key, lines = where.split()
+    assert p.sources["classes"].startswith(f"CLIPtrase configs/dataset_cfg.py:{lines} {key} ")
+    assert p.sources["eval_protocol"].startswith("CLIPtrase clip_self_correlation.py:")
+    assert p.classes == f"cliptrase/cls_{ {'coco-object': 'coco_object', 'coco-stuff171': 'coco_stuff'}.get(name, name)}.txt"
+    classes = parse_classes(Path(ovss.__file__).parent / "data" / "classnames" / p.classes, background=bg)
+    assert len(classes) == n_cls and len(classes.queries) == n_q and classes.background is bg
+    assert classes.synonyms[0][:len(first)] == first and classes.synonyms[-1] == last
+    if name == "voc21":
+        assert "beachhill" in classes.synonyms[0] and classes.synonyms[0].count("bed") == 1
+    if name == "ade20k":
+        assert classes.synonyms[7] == ("bed",)  # "bed " in the list; the tokenizer drops the space

@@ -191,7 +191,8 @@ def test_class_files_parse(folder, name):
     counts = {"voc21": 21, "context60": 60, "coco_object": 81, "voc20": 20, "context59": 59,
               "coco_stuff": 171, "city_scapes": 19, "ade20k": 150, "context459": 459}
     assert len(lines) == counts[name[4:-4]]  # no trailing newline in any of them
-    if (folder, name) in (("sclip", "cls_coco_object.txt"), ("proxyclip", "cls_coco_object.txt")):
+    if (folder, name) in (("sclip", "cls_coco_object.txt"), ("proxyclip", "cls_coco_object.txt"),
+                          ("lposs", "cls_coco_object.txt")):
         # 'bed' is one of class 0's stuff words and class 60 (line 61): a user's list like that is
         # refused, the preset reads it as the reference does and the tie goes to class 0
         with pytest.raises(ValueError, match="bed"):
@@ -209,6 +210,8 @@ def test_class_files_parse(folder, name):
     assert len(spec) == len(lines)
     if folder == "sclip" and name in ("cls_voc21.txt", "cls_voc20.txt"):
         assert len(spec.queries) == len(spec) + (25 if name == "cls_voc21.txt" else 0) + 6 + 4
+    if folder == "lposs":  # ';'-separated queries only in class 0 of VOC21 (26 words) and COCO-Object
+        assert len(spec.queries) == len(spec) + (25 if name == "cls_voc21.txt" else 0)
 
 
 def test_preset_classes_from_load(tiny_clip_dir):

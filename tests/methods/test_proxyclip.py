@@ -84,3 +84,22 @@ def test_dinov2_proxy_with_registers_runs(golden, segmenter):
     assert lg.shape == (1, 16, 16, 16)
     res = seg(g["image"].numpy(), _spec(g["query_to_class"].tolist()))
     assert res.labels.shape == (224, 336)
+
+
+def test_methods_command_describes_the_affinity_only_rule(capsys):
+    """ProxyCLIP's rule has no q/k/v terms (DINO's affinity is its attention): `ovss methods`
+    names it instead of printing an empty string, and the name parses back."""
+    from ovss.attention import AttentionRule
+    from ovss.cli import main
+
+    rule = get_method("proxyclip").recipe.attention
+    assert rule.terms == () and str(rule) == "affinity" and AttentionRule.parse("affinity") == rule
+    assert main(["methods", "proxyclip"]) == 0
+    out = capsys.readouterr().out
+    assert ("  recipe: attention=affinity (no q/k/v terms: the attention is a plug-in's affinity, "
+            "e.g. DINO's for ProxyCLIP) surgery[residual=off,ffn=off]") in out
+    assert "attention= " not in out
+    assert main(["methods", "proxyclip", "--json"]) == 0
+    assert '"attention": "affinity"' in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no q/k/v terms"):
+        AttentionRule.parse("qk+affinity")

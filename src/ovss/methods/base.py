@@ -95,6 +95,7 @@ class Preset:
     classes: str | None = None  # a class-name file shipped with ovss (data/classnames), if any
     note: str = ""
     background: bool = False  # class 0 of `classes` is a background class (VOC21, Context60, COCO-Object)
+    eval_protocol: str = "mmseg"  # the evaluation protocol `ovss eval` uses with it (ovss.evaluate.PROTOCOLS)
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,21 @@ standalone evaluation `clip_self_correlation.py` (the paper's and README's numbe
 
 Presets:
 - `repo-224`, `repo-336`: its own protocol's model side: short side 224 / 336, one pass, DBSCAN
-  (0.7, 3) / (1.1, 7) (clip_self_correlation.py:233-234); `voc20-repo-224`, `voc20-repo-336` add
-  the class-token prior its VOC20 run applies (lines 159-161; ovss.cls_prior).
-  Not reproduced here, being evaluation-side: the square center crop of image and ground truth
-  (lines 38-43, 51-56), ground-truth 255 scored as background (lines 164-166), the mean over
-  classes present in the ground truth with +0.01 smoothing (configs/metric.py), COCO-Object scored
-  on COCO-Stuff's 171-class maps; its bicubic PIL resize (ovss resizes bilinearly); its class
-  lists (configs/dataset_cfg.py: VOC21's 33 background words, COCO-Object's 107) - pass them as
-  classes. Its numbers are not comparable to the other methods' (center crop only).
+  (0.7, 3) / (1.1, 7) (clip_self_correlation.py:233-234), and its evaluation protocol for
+  `ovss eval` (`Preset.eval_protocol = "cliptrase"`, ovss.evaluate: bicubic resize and square
+  center crop of image and ground truth, lines 38-56; ground-truth 255 scored as background,
+  lines 164-166; an image with no ground truth left is skipped, lines 132-141; one confusion
+  matrix over the dataset, mIoU over the classes present in the ground truth with +0.01
+  smoothing, configs/metric.py; COCO-Object scored on COCO-Stuff's 171-class maps). The resize
+  and crop belong to the evaluation: elsewhere (`ovss segment`, `ovss.load`) these presets see
+  the whole image, resized to the short side by the recipe (bilinear, as every ovss recipe).
+- `<benchmark>-repo-224`, `<benchmark>-repo-336` for voc21, voc20, context60, context59,
+  coco-object, coco-stuff171, ade20k (its VOC21, VOC20, PC60, PC59, COCO80_val, COCO171_val,
+  ADE150): the same plus its class lists (configs/dataset_cfg.py, shipped under
+  data/classnames/cliptrase/: VOC21's 33 background words, COCO-Object's 107, PC60's
+  "background"; background queries form class 0 here, its label C there) and, for voc20, the
+  class-token prior its VOC20 run applies (lines 159-161; ovss.cls_prior). Its numbers are not
+  comparable to the other methods' (center crop only, void as background, GT-present mean).
 - `<benchmark>`: the standard protocol (SCLIP's test pipeline for that benchmark: resize, 224/112
   windows, logit scale and thresholds, class files; sources cite SCLIP's configs), with
   CLIPtrase's block and clustering at its 336 px setting (1.1, 7); the clustering then needs a
@@ -58,9 +65,35 @@ def _cluster(size: int) -> str:
     return f"cluster:eps={eps},min_samples={m},layer=-2,ratio=4,vote=majority"
 
 
+_DC = "CLIPtrase configs/dataset_cfg.py:{}"
+_EVAL_SRC = (_SC.format("38-56, 82-88, 132-141, 164-166, 212-218") + " and configs/metric.py:3-31 "
+             "(resize + center crop, 255 as background, skip empty, GT-present mean)")
+# ovss benchmark -> (its dataset key, class file, dataset_cfg.py lines of its lists, with background)
+REPO_DATASETS = {
+    "voc21": ("VOC21", "cls_voc21.txt", "49-54", True),
+    "voc20": ("VOC20", "cls_voc20.txt", "44-48", False),
+    "context60": ("PC60", "cls_context60.txt", "33-38", True),
+    "context59": ("PC59", "cls_context59.txt", "28-32", False),
+    "coco-object": ("COCO80_val", "cls_coco_object.txt", "12-17", True),
+    "coco-stuff171": ("COCO171_val", "cls_coco_stuff.txt", "18-22", False),
+    "ade20k": ("ADE150", "cls_ade20k.txt", "2-6", False),
+}
+
+
+def _repo_dataset(name: str, size: int) -> Preset:
+    key, file, lines, bg = REPO_DATASETS[name]
+    base = _repo(size, voc20=name == "voc20")
+    sources = dict(base.sources)
+    sources["classes"] = _DC.format(lines) + f" {key} labels" + (" + background (class 0 here, label C there; "
+                                                               "clip_self_correlation.py:115-120)" if bg else "")
+    return Preset(overrides=base.overrides, sources=sources, classes=f"cliptrase/{file}", background=bg,
+                  eval_protocol="cliptrase", note=base.note + f" Its {key} class list.")
+
+
 def _repo(size: int, voc20: bool = False) -> Preset:
     values = {
-        "protocol.short_side": (size, _SC.format("38-43") + f" Resize({size}) (then CenterCrop, not reproduced)"),
+        "protocol.short_side": (size, _SC.format("38-43") + f" Resize({size}) (then CenterCrop({size}): the "
+                                f"evaluation protocol's, the crop reaches the model at {size} x {size})"),
         "protocol.crop": (0, _SC.format("129-145") + " (one forward pass per image, no windows)"),
         "protocol.mean": (OPENAI_MEAN, _SC.format(48) + " Normalize((0.48145466, 0.4578275, 0.40821073), ...) x 255"),
         "protocol.std": (OPENAI_STD, _SC.format(48) + " Normalize(..., (0.26862954, 0.26130258, 0.27577711)) x 255"),
@@ -75,13 +108,15 @@ def _repo(size: int, voc20: bool = False) -> Preset:
         "surgery.ffn": (True, "CLIPtrase clip_utils/model.py:191-195 (block 12 keeps its MLP)"),
         "plugins": ("", _SC.format("154-162") + " (no class-token prior)"),
     }
-    note = ("CLIPtrase's own protocol, model side (see the method notes: the center crop and its "
-            "metric are evaluation-side and not reproduced).")
+    note = ("CLIPtrase's own protocol: its model side here, its evaluation (center crop, 255 as background, "
+            "GT-present mean) through ovss eval's cliptrase protocol.")
     if voc20:
         values["plugins"] = (plugin_spec(ClsPrior(100.0)), _SC.format("159-161") + " (VOC20: patch logits x CLS logits)")
         note += " VOC20: the class-token prior."
-    return Preset(overrides={k: v for k, (v, _) in values.items()},
-                  sources={k: s for k, (_, s) in values.items()}, note=note)
+    sources = {k: s for k, (_, s) in values.items()}
+    sources["eval_protocol"] = _EVAL_SRC
+    return Preset(overrides={k: v for k, (v, _) in values.items()}, sources=sources, note=note,
+                  eval_protocol="cliptrase")
 
 
 def _standard(name: str) -> Preset:
@@ -107,7 +142,7 @@ def _standard(name: str) -> Preset:
 
 PRESETS = {
     "repo-224": _repo(224), "repo-336": _repo(336),
-    "voc20-repo-224": _repo(224, voc20=True), "voc20-repo-336": _repo(336, voc20=True),
+    **{f"{name}-repo-{size}": _repo_dataset(name, size) for name in REPO_DATASETS for size in (224, 336)},
     **{name: _standard(name) for name in SCLIP_PRESETS},
 }
 
