@@ -177,6 +177,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
             for k, v in preset.overrides.items():
                 src = preset.sources.get(k, "")
                 print(f"    {k} = {v!r}" + (f"    [{src}]" if src else ""))
+            if preset.classes:
+                print(f"    classes: {preset.classes}" + (f"    [{preset.sources['classes']}]"
+                                                            if preset.sources.get("classes") else ""))
+            if preset.eval_protocol != "mmseg":
+                print(f"    evaluation protocol: {preset.eval_protocol} (ovss eval uses it with this preset)")
             if preset.note:
                 print(f"    note: {preset.note}")
     return 0
@@ -186,7 +191,8 @@ def _method_dict(m) -> dict[str, Any]:
     return {
         "summary": m.summary, "paper": m.paper, "code": m.code, "recipe": m.recipe.to_dict(),
         "presets": {k: {"overrides": dict(p.overrides), "sources": dict(p.sources), "classes": p.classes,
-                        "note": p.note} for k, p in m.presets.items()},
+                        "background": p.background, "eval_protocol": p.eval_protocol, "note": p.note}
+                    for k, p in m.presets.items()},
     }
 
 

@@ -299,3 +299,20 @@ def test_own_protocol_presets(name, size):
         assert "beachhill" in classes.synonyms[0] and classes.synonyms[0].count("bed") == 1
     if name == "ade20k":
         assert classes.synonyms[7] == ("bed",)  # "bed " in the list; the tokenizer drops the space
+
+
+def test_methods_command_shows_the_evaluation_protocol(capsys):
+    """`ovss methods` says which presets score with CLIPtrase's own protocol, and the JSON too."""
+    import json
+
+    from ovss.cli import main
+
+    assert main(["methods", "cliptrase"]) == 0
+    out = capsys.readouterr().out
+    block = out.split("  preset voc21-repo-224:")[1].split("  preset ")[0]
+    assert "evaluation protocol: cliptrase" in block and "classes: cliptrase/cls_voc21.txt" in block
+    std = out.split("  preset voc21:")[1].split("  preset ")[0]
+    assert "evaluation protocol" not in std
+    assert main(["methods", "cliptrase", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)["cliptrase"]["presets"]
+    assert d["voc21-repo-224"]["eval_protocol"] == "cliptrase" and d["voc21"]["eval_protocol"] == "mmseg"
