@@ -47,18 +47,9 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from make_clip_golden import load_module
 from make_methods_golden import CLASS_LINES, MEAN, STD, STEP, _module, _Sample, capture_postprocess, stub_frameworks
+from make_proxyclip_golden import _Normalize  # torchvision's Normalize: (x - mean) / std per channel
 
 SEED = 42
-
-
-class _Normalize:
-    def __init__(self, mean, std):
-        self.mean, self.std = mean, std
-
-    def __call__(self, x):
-        m = torch.as_tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
-        s = torch.as_tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
-        return (x - m) / s
 
 
 class _ToTensor:
