@@ -212,3 +212,30 @@ def test_presence_plugin_on_another_method(golden, clip):
     assert torch.allclose(blend, 0.5 * base + 0.5 * prior[:, None, None], atol=1e-6)
     moved, _, _ = low("presence:text_weight=0.5,prior_weight=0")
     assert not torch.allclose(base, moved, atol=1e-3)
+
+
+def test_cli_segment_with_a_local_dino_file(tmp_path):
+    """`ovss segment --method cass` with the shipped demo CLIP and a DINO checkpoint file in the
+    official layout named through the plug-in (how users run it offline); a DINO with another
+    number of heads than CLIP's is refused by name."""
+    import json
+    import subprocess
+    import sys
+
+    dg = load_file(str(GOLDEN / "dino_small.safetensors"))
+    dino = tmp_path / "dino_small.pth"
+    torch.save({k[7:]: v for k, v in dg.items() if k.startswith("dino.w.")}, dino)
+    assets = Path(__file__).parents[2] / "src/ovss/assets/examples"
+    cmd = [sys.executable, "-m", "ovss", "segment", str(assets / "scene_a.png"), "--classes-file",
+           str(assets / "scene_a.txt"), "--backbone", "tiny-synthetic", "--method", "cass", "--preset", "voc20",
+           "--set", f"plugins=cass:vfm={dino},stretch=False", "--out", str(tmp_path / "out")]
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OVSS_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "out" / "scene_a.json").read_text())
+    assert side["method"] == "cass" and (tmp_path / "out" / "scene_a.png").exists()
+    visual = create_clip(str(GOLDEN / "clip_small.safetensors")).model.visual  # 2 heads
+    tok = visual.forward_tokens(torch.randn(1, 3, 64, 64))
+    r = get_method("cass").recipe
+    with pytest.raises(ValueError, match="the DINO model has 3 heads, CLIP's last block 2"):
+        CASSHead().features(visual, r.attention, r.surgery, tok.tokens, tok.grid, torch.randn(3, 16, 8))

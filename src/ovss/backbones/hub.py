@@ -86,12 +86,18 @@ def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def _how_to_get(repo: str, files: tuple[str, ...], name: str | None, cache: Path, why: str) -> str:
     target = name or f"hf-hub:{repo}"
+    from .dino import resolve_dino_name
+
+    if name and resolve_dino_name(name.removeprefix("timm:")) is not None:  # a method's DINO model
+        local = ("name the file where the method takes its DINO model, e.g. `--set "
+                 "plugins=cass:vfm=/path/to/file` (proxy:vfm=... for proxyclip, lposs:vfm=... for lposs)")
+    else:
+        local = "pass `--weights /path/to/file` (weights=... in Python)"
     return (
         f"cannot get weights {' / '.join(files)} of Hugging Face repo '{repo}': {why}. "
         f"Hub cache searched: {cache}. To fix: run `ovss download {target}` on a machine with network "
         f"access and copy its Hugging Face cache ({cache}) here (or point HF_HOME / HF_HUB_CACHE at "
-        f"a copy); or download the file yourself and pass `--weights /path/to/file` "
-        f"(weights=... in Python)."
+        f"a copy); or download the file yourself and {local}."
     )
 
 

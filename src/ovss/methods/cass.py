@@ -164,6 +164,10 @@ class CASSHead:
         block = visual.blocks[-1]
         _, k, _ = block.attn.qkv(block.ln_1(tokens))
         k = k[0, :, 1:].contiguous()  # (heads, h*w, d_h)
+        if dino_keys.shape[0] != k.shape[0]:
+            raise ValueError(f"CASS pairs DINO's attention heads with CLIP's: the DINO model has "
+                             f"{dino_keys.shape[0]} heads, CLIP's last block {k.shape[0]} (ViT-B/16 CLIP and DINO "
+                             "ViT-B/8 both have 12)")
         scale = k.shape[-1] ** -0.5
         clip_graphs = key_graphs(k, scale)
         graphs, weight, matching = self.distill.fuse(clip_graphs, key_graphs(dino_keys, scale), matching)
