@@ -139,10 +139,9 @@ class CASSHead:
                                self.pairing)
 
     # ---- pieces (public so tests and other recipes can run them stage by stage) ------------
-    def dino_keys(self, crop: torch.Tensor, protocol: Protocol, grid: tuple[int, int],
-                  clip_keys: torch.Tensor) -> torch.Tensor:
-        """DINO's last-block patch keys for one crop, on CLIP's grid, in CLIP's key range:
-        (heads, h*w, d_h) (fp16 with `dino_half`)."""
+    def dino_keys(self, crop: torch.Tensor, protocol: Protocol, grid: tuple[int, int]) -> torch.Tensor:
+        """DINO's last-block patch keys for one crop, on CLIP's grid: (heads, h*w, d_h) (fp16 with
+        `dino_half`, else float32); `features` maps them into CLIP's key range."""
         from ..backbones.dino import dino_features
 
         vfm = get_vfm(self.vfm, crop.device)
@@ -151,16 +150,16 @@ class CASSHead:
         # (DINOv2's q * s @ k^T is what the fused kernel already gives bit for bit)
         order = "qk_s" if vfm.n_prefix == 1 and not vfm.cfg.layer_scale else None
         kd = dino_features(vfm, x.to(next(vfm.parameters()).dtype), kind="k", heads=True, order=order)[0]
-        kd = kd.half() if self.dino_half else kd.to(clip_keys.dtype)
+        kd = kd.half() if self.dino_half else kd.float()
         nh, dh = kd.shape[:2]
         kd = F.interpolate(kd, size=grid, mode="bilinear", align_corners=False)
-        kd = kd.reshape(nh, dh, grid[0] * grid[1]).permute(0, 2, 1)
-        return rescale_range(kd, clip_keys)
+        return kd.reshape(nh, dh, grid[0] * grid[1]).permute(0, 2, 1)
 
     def features(self, visual, rule: AttentionRule, surgery: Surgery, tokens: torch.Tensor,
                  grid: tuple[int, int], dino_keys: torch.Tensor,
                  matching: HeadMatching | None = None) -> tuple[torch.Tensor, HeadMatching]:
-        """Normalised patch features (h*w, C) of the distilled last block, and the head matching."""
+        """Normalised patch features (h*w, C) of the distilled last block, and the head matching.
+        `dino_keys` (heads, h*w, d) are rescaled into the range of CLIP's patch keys here."""
         block = visual.blocks[-1]
         _, k, _ = block.attn.qkv(block.ln_1(tokens))
         k = k[0, :, 1:].contiguous()  # (heads, h*w, d_h)
@@ -170,7 +169,8 @@ class CASSHead:
                              "ViT-B/8 both have 12)")
         scale = k.shape[-1] ** -0.5
         clip_graphs = key_graphs(k, scale)
-        graphs, weight, matching = self.distill.fuse(clip_graphs, key_graphs(dino_keys, scale), matching)
+        dino_graphs = key_graphs(rescale_range(dino_keys, k), scale)
+        graphs, weight, matching = self.distill.fuse(clip_graphs, dino_graphs, matching)
         mix = Mix(graphs.to(k.dtype)[None], "logits", weight=weight.to(k.dtype).view(1, -1, 1, 1))
         y = last_block(block, tokens, rule, surgery, grid, [mix], cls_token=False)
         return F.normalize(visual.project(y), dim=-1)[0], matching
@@ -182,9 +182,7 @@ class CASSHead:
         out = []
         for crop in crops.split(1):
             tok = visual.forward_tokens(crop, pos_resize=r.pos_resize)
-            block = visual.blocks[-1]
-            _, k, _ = block.attn.qkv(block.ln_1(tok.tokens))
-            dk = self.dino_keys(crop, r.protocol, tok.grid, k[0, :, 1:])
+            dk = self.dino_keys(crop, r.protocol, tok.grid)
             feats, _ = self.features(visual, r.attention, r.surgery, tok.tokens, tok.grid, dk)
             g = prior if prior is not None else class_token_prior(visual, tok.tokens, queries)[0]
             lg = presence_logits(feats, queries, g, clusters, self.text_weight, self.prior_weight, self.topk)
