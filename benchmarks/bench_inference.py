@@ -53,9 +53,9 @@ import torch
 from ovss.backbones.clip import CLIP
 from ovss.backbones.configs import ARCHS
 from ovss.backbones.factory import LoadedClip
-from ovss.backbones.tokenizer import Tokenizer
-from ovss.pipeline import Segmenter
-from ovss.text_bank import TextBank
+from ovss.text.tokenizer import Tokenizer
+from ovss.core.segmenter import Segmenter
+from ovss.text.bank import TextBank
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = ROOT / "tests/golden/tokenizer/small_vocab.txt.gz"  # any CLIP-format vocabulary times the same
@@ -146,7 +146,7 @@ def reference_rows(model, clip, image, paths: dict, repeats: int, device: str) -
     sys.path.insert(0, str(ROOT / "tests/golden"))
     import make_methods_golden as mg
 
-    from ovss.inference import preprocess
+    from ovss.core.protocol import preprocess
 
     mg.stub_frameworks()
     sd = {k.removeprefix("text."): v for k, v in model.state_dict().items()}  # OpenAI layout
@@ -220,7 +220,7 @@ def deep_rows(clip, image, methods: list[str], repeats: int, device: str, refere
         else:
             timed_row(whole, ours_whole, repeats)
         rows.append(whole)
-        from ovss.feedback import SFR
+        from ovss.heads.feedback import SFR
 
         labels = torch.randint(0, 8, (1, 21, 31), generator=torch.Generator().manual_seed(0))
         sfr = SFR()
@@ -274,7 +274,7 @@ def reference_resclip_whole(clip, seg, image, root: Path, device: str):
     import make_deep_methods_golden as dg
     import make_methods_golden as mg
 
-    from ovss.inference import preprocess
+    from ovss.core.protocol import preprocess
 
     dg.stub_frameworks()
     seg_mod, model_mod = dg.load_resclip(root)
@@ -308,7 +308,7 @@ def graph_rows(clip, image, methods: list[str], repeats: int, device: str) -> li
     401k-pixel graph applied without an edge list)."""
     from ovss.backbones.dino import DINO_ARCHS
     from ovss.backbones.vit import VisionTransformer
-    from ovss.methods.proxyclip import register_vfm
+    from ovss.heads.vfm import register_vfm
 
     torch.manual_seed(1)
     for name in ("dino-vitb8", "dino-vitb16"):
@@ -342,9 +342,9 @@ def cass_rows(clip, model, image, repeats: int, device: str, reference=None, pyd
     per image."""
     from ovss.backbones.dino import DINO_ARCHS, create_dino
     from ovss.backbones.vit import VisionTransformer
-    from ovss.inference import preprocess
-    from ovss.methods.proxyclip import register_vfm
-    from ovss.text_bank import parse_classes
+    from ovss.core.protocol import preprocess
+    from ovss.heads.vfm import register_vfm
+    from ovss.text.bank import parse_classes
 
     torch.manual_seed(1)
     if reference is None:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "src" / "ovss" / "assets" / "tiny_synthetic"
+SHIPPED = REPO / "src" / "ovss" / "data" / "assets" / "tiny_synthetic"
 
 
 def _load_trainer():

@@ -1,4 +1,4 @@
-"""Regenerate the example scenes shipped in src/ovss/assets/examples/ (used by the README's first command).
+"""Regenerate the example scenes shipped in src/ovss/data/assets/examples/ (used by the README's first command).
 
     python scripts/make_examples.py
 """
@@ -14,7 +14,7 @@ from ovss.data.synthetic import CLASSES, make_scene
 # Seeds >= 2_000_000 lie outside both the train (< 1_000_000) and val (1_000_000 + i) seed ranges.
 EXAMPLES = {"scene_a": 2_000_040, "scene_b": 2_000_021}
 SIZE = 192
-OUT = Path(__file__).resolve().parents[1] / "src" / "ovss" / "assets" / "examples"
+OUT = Path(__file__).resolve().parents[1] / "src" / "ovss" / "data" / "assets" / "examples"
 
 
 def main() -> None:

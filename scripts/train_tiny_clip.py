@@ -1,4 +1,4 @@
-"""Train the tiny synthetic-world CLIP shipped in src/ovss/assets/tiny_synthetic/.
+"""Train the tiny synthetic-world CLIP shipped in src/ovss/data/assets/tiny_synthetic/.
 
 A demonstration model: a ~1.6M-parameter CLIP trained from scratch, on CPU, on (image, caption)
 pairs of the procedural world in `ovss.data.synthetic`, saved in OpenAI's checkpoint layout so the
@@ -15,7 +15,7 @@ What it does:
    on random batches of the pool, with horizontal flips (captions never say left/right) and the
    shapes' colour words dropped from captions with p 0.75 ('a red circle' -> 'a circle');
 4. every `--eval-every` steps, evaluates dense segmentation on the first `--eval-images` val scenes
-   (seeds 1_000_000+) with five last-block readouts through `ovss.dense.patch_logits`, and keeps
+   (seeds 1_000_000+) with five last-block readouts through `ovss.heads.dense.patch_logits`, and keeps
    the checkpoint with the best selection score (mean mIoU of maskclip/sclip/clearclip/naclip);
 5. writes tiny_clip.safetensors (OpenAI key layout), bpe_vocab.txt.gz, MODEL_CARD.md and
    training_log.json into `--out`, each atomically (temp file + os.replace).
@@ -46,18 +46,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovss.attention import AttentionRule
+from ovss.heads.attention import AttentionRule
 from ovss.backbones.clip import CLIP
 from ovss.backbones.configs import ClipCfg, TextCfg, VisionCfg, infer_clip_config
-from ovss.backbones.tokenizer import Tokenizer, train_bpe, write_merges
+from ovss.text.tokenizer import Tokenizer, train_bpe, write_merges
 from ovss.data.synthetic import CLASSES, COLOURS, SEED_BASE, STUFF, THINGS, make_scene
-from ovss.dense import Surgery, patch_logits
-from ovss.inference import CLIP_MEAN, CLIP_STD
-from ovss.metrics import IoUAccumulator
-from ovss.text_bank import TextBank
+from ovss.heads.dense import Surgery, patch_logits
+from ovss.core.protocol import CLIP_MEAN, CLIP_STD
+from ovss.eval.metrics import IoUAccumulator
+from ovss.text.bank import TextBank
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "src" / "ovss" / "assets" / "tiny_synthetic"
+DEFAULT_OUT = REPO / "src" / "ovss" / "data" / "assets" / "tiny_synthetic"
 WEIGHTS_NAME = "tiny_clip.safetensors"
 VOCAB_NAME = "bpe_vocab.txt.gz"
 CARD_NAME = "MODEL_CARD.md"
@@ -185,7 +185,7 @@ def make_pool(n: int, base: int, workers: int, cache: Path | None) -> tuple[np.n
 
 def normalise(images_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 with CLIP's mean/std on the 0-255 scale
-    (exactly what `ovss.inference.preprocess` does at test time)."""
+    (exactly what `ovss.core.protocol.preprocess` does at test time)."""
     x = torch.as_tensor(images_uint8).permute(0, 3, 1, 2).float()
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -769,7 +769,7 @@ readout (best {shape_iou:.1f}) and the text embeddings of the four shape names a
 | output | projection to {v.output_dim} | projection to {t.output_dim} |
 
 Activation `quick_gelu`, LayerNorm eps 1e-5, MLP ratio 4. Input normalisation: CLIP's mean/std on
-the 0-255 scale (`ovss.inference.CLIP_MEAN/CLIP_STD`), as at training time.
+the 0-255 scale (`ovss.core.protocol.CLIP_MEAN/CLIP_STD`), as at training time.
 
 ## Training
 
@@ -795,8 +795,8 @@ decay with longer contrastive training while the loss keeps falling.
 
 First {args.eval_images} val scenes, whole 96 px image (no resize, no windows), queries = the 11 class
 names with a template set (`TextBank`: mean of normalised template embeddings), last-block readout
-via `ovss.dense.patch_logits`, bilinear upsampling to 96 px, argmax, mmseg-style mIoU
-(`ovss.metrics.IoUAccumulator`). Readouts: dense-clip = q-k attention, residual+FFN; maskclip =
+via `ovss.heads.dense.patch_logits`, bilinear upsampling to 96 px, argmax, mmseg-style mIoU
+(`ovss.eval.metrics.IoUAccumulator`). Readouts: dense-clip = q-k attention, residual+FFN; maskclip =
 identity attention, residual+FFN; sclip = q-q + k-k, residual+FFN; clearclip = q-q, no
 residual/FFN; naclip = k-k + Gaussian prior (std 5), no residual/FFN. `select` = mean of the last four.
 

@@ -36,7 +36,7 @@ def tiny_clip_cfg(vocab_size: int):
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A folder with `model.safetensors` (OpenAI key layout) and the small vocabulary beside it."""
     from ovss.backbones.clip import CLIP
-    from ovss.backbones.tokenizer import Tokenizer
+    from ovss.text.tokenizer import Tokenizer
 
     vocab = Tokenizer.from_file(SMALL_VOCAB).vocab_size
     torch.manual_seed(0)

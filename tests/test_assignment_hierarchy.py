@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ovss.assignment import linear_sum_assignment
-from ovss.hierarchy import cosine_distances, cut_tree, ward_clusters, ward_linkage
-from ovss.spectral import match_heads, rescale_range, stretch_singular_values
+from ovss.ops.assignment import linear_sum_assignment
+from ovss.ops.hierarchy import cosine_distances, cut_tree, ward_clusters, ward_linkage
+from ovss.ops.spectral import match_heads, rescale_range, stretch_singular_values
 
 
 def _brute(c):

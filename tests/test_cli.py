@@ -95,8 +95,16 @@ def test_segment_missing_and_corrupt_input(tiny_clip_dir, tmp_path):
 def test_methods_lists_presets_with_sources():
     r = ovss("methods")
     assert r.returncode == 0
-    assert "maskclip:" in r.stdout and "dense-clip:" in r.stdout
-    assert "preset official-voc20" in r.stdout and "maskclip_vit16_512x512_voc12aug_20.py" in r.stdout
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split()[:2] == ["method", "presets"]  # one line per method, aligned
+    assert sum(ln.split()[0] in ("maskclip", "dense-clip", "naclip") for ln in lines if ln.strip()) == 3
+    assert len(lines) < 20
+    v = ovss("methods", "maskclip")
+    assert "maskclip:" in v.stdout and "defined in: ovss.methods.maskclip" in v.stdout
+    assert "preset official-voc20" in v.stdout and "maskclip_vit16_512x512_voc12aug_20.py" in v.stdout
+    assert "dense-clip:" in ovss("methods", "--verbose").stdout
+    miss = ovss("methods", "zzz")
+    assert miss.returncode != 0 and "no method matches 'zzz'" in miss.stderr
     data = json.loads(ovss("methods", "--json").stdout)
     assert data["maskclip"]["presets"]["official-context59"]["overrides"]["protocol.long_cap"] == 520
 
@@ -105,6 +113,16 @@ def test_backbones_lists_hub_locations():
     r = ovss("backbones")
     assert r.returncode == 0
     assert "clip-vit-b16" in r.stdout and "openai/clip-vit-base-patch16" in r.stdout
+    lines = r.stdout.splitlines()
+    # every family, in aligned columns: each row's family and architecture start where the header's do
+    for name in ("dino-vitb8", "dinov2-vitb14-reg", "tiny-synthetic"):
+        row = next(ln for ln in lines if ln.startswith(name + " "))
+        for col in ("family", "architecture", "weights"):
+            assert row[lines[0].index(col) - 1] == " " and row[lines[0].index(col)] != " ", (name, col)
+    dino = ovss("backbones", "dino")
+    assert dino.returncode == 0 and "dino-vitb8" in dino.stdout and "clip-vit-b16" not in dino.stdout
+    miss = ovss("backbones", "zzz")
+    assert miss.returncode != 0 and "no backbone matches 'zzz'" in miss.stderr
 
 
 def test_download_offline_says_how(tmp_path):

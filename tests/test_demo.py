@@ -23,7 +23,7 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the web demo needs ovss[demo] (gradio)")
 
-from ovss.demo import NO_PRESET, build_demo, example_rows, heatmap_for, launch_demo, preset_choices
+from ovss.apps.demo import NO_PRESET, build_demo, example_rows, heatmap_for, launch_demo, preset_choices
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -115,7 +115,7 @@ def test_button_function_outputs(demo, weights, tmp_path):
         np.testing.assert_array_equal(np.asarray(label_map), ref.palette[ref.labels])
         assert heat_class["choices"] == ref.class_names and heat_class["value"] in ref.class_names
         assert heatmap.size == (W, H)
-        from ovss.io import read_index_png
+        from ovss.data.io import read_index_png
 
         np.testing.assert_array_equal(read_index_png(dl_png["value"]), ref.labels)
         side = json.loads(Path(dl_json["value"]).read_text())
@@ -149,7 +149,7 @@ def test_button_bad_input_is_a_message(demo, tmp_path, image, classes, methods, 
 def test_demo_without_gradio_is_a_clear_error(monkeypatch, capsys):
     import importlib.util
 
-    from ovss import cli
+    from ovss.apps import cli
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from ovss.data.benchmarks import Sample
-from ovss.evaluate import cliptrase_label, evaluate, resize_center_crop
+from ovss.eval.runner import cliptrase_label, evaluate, resize_center_crop
 
 S = 0.01  # configs/metric.py:16, 18: the smoothing term in the denominators
 

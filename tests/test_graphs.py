@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from ovss import graphs
-from ovss.graphs import (
+from ovss.ops import graphs
+from ovss.ops.graphs import (
     PixelGraph,
     cg_solve,
     chebyshev_resolvent,

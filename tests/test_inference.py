@@ -5,18 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovss.inference import (
-    Decision,
-    Protocol,
-    class_probabilities,
-    decide,
-    preprocess,
-    resized_size,
-    slide_logits,
-    upsample,
-    upsample_rows,
-    window_boxes,
-)
+from ovss.core.decision import Decision, class_probabilities, decide
+from ovss.core.protocol import Protocol, preprocess, resized_size, slide_logits, window_boxes
+from ovss.core.resize import upsample, upsample_rows
 
 
 @pytest.mark.parametrize("hw,short,cap,expected", [
@@ -33,11 +24,24 @@ def test_resize_rule_is_mmcv_keep_ratio(hw, short, cap, expected):
 
 def test_preprocess_normalises_with_clip_stats():
     img = np.full((20, 30, 3), 128, np.uint8)
-    x = preprocess(img, Protocol(short_side=None))
+    clip = dict(mean=(122.771, 116.746, 104.094), std=(68.501, 66.632, 70.323))
+    x = preprocess(img, Protocol(short_side=None, **clip))
     assert x.shape == (1, 3, 20, 30)
     assert torch.allclose(x[0, :, 0, 0], (128 - torch.tensor([122.771, 116.746, 104.094]))
                           / torch.tensor([68.501, 66.632, 70.323]))
-    assert preprocess(img, Protocol(short_side=40)).shape == (1, 3, 40, 60)
+    assert preprocess(img, Protocol(short_side=40, **clip)).shape == (1, 3, 40, 60)
+    # a protocol without statistics takes the caller's (the backbone's, in a Segmenter)
+    y = preprocess(img, Protocol(short_side=None), mean=clip["mean"], std=clip["std"])
+    assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="normalisation"):
+        preprocess(img, Protocol(short_side=None))
+
+
+def test_float_images_are_resized_not_quantised():
+    img = np.full((20, 30, 3), 100.4, np.float32)
+    p = Protocol(short_side=40, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert torch.allclose(preprocess(img, p), torch.full((1, 3, 40, 60), 100.4))
+    assert torch.equal(preprocess(img.astype(np.uint8), p), torch.full((1, 3, 40, 60), 100.0))
 
 
 def _reference_windows(h, w, crop, stride):

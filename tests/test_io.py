@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovss.io import ImageError, list_images, read_image, read_index_png, save_index_png, write_json
+from ovss.data.io import ImageError, list_images, read_image, read_index_png, save_index_png, write_json
 
 
 def _noise(h: int = 64, w: int = 64) -> Image.Image:
@@ -277,7 +277,7 @@ def test_list_images_empty(tmp_path):
 
 
 def test_save_index_png_21_classes_palette(tmp_path):
-    from ovss.viz import palette_for
+    from ovss.core.viz import palette_for
 
     labels = np.random.default_rng(3).integers(0, 21, (17, 23))
     labels[0, 0] = 255  # an ignore value still fits the 8-bit file

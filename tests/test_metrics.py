@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ovss.metrics import IoUAccumulator, intersect_and_union
+from ovss.eval.metrics import IoUAccumulator, intersect_and_union
 
 
 def _two_images():

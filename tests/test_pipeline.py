@@ -6,8 +6,10 @@ import torch
 from PIL import Image
 
 import ovss
-from ovss import pipeline
-from ovss.inference import Protocol, class_probabilities, decide, upsample
+from ovss.core import segmenter as pipeline
+from ovss.core.protocol import CLIP_MEAN, CLIP_STD, Protocol
+from ovss.core.decision import class_probabilities, decide
+from ovss.core.resize import upsample
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def test_result_fields(seg, rgb_image):
 
 def test_labels_follow_the_raw_logits(seg, rgb_image):
     """The decision rule on the documented low-level logits reproduces the label map."""
-    spec = ovss.text_bank.parse_classes("cat, sofa|couch, wooden floor")
+    spec = ovss.parse_classes("cat, sofa|couch, wooden floor")
     logits = seg.logits(rgb_image, spec)
     assert logits.shape == (4, 75, 100)  # one row per query (synonyms included)
     probs = class_probabilities(logits, spec.query_to_class, 3, seg.recipe.decision.logit_scale)
@@ -140,7 +142,7 @@ def test_composed_recipe_from_python(weights, rgb_image):
     """Any rule x any surgery without a new class: e.g. NACLIP's rule with the residual kept."""
     s = ovss.load("maskclip", backbone=weights, device="cpu",
                   overrides={"attention": "kk+gaussian:3", "surgery.ffn": False, "protocol.crop": 0})
-    assert str(s.recipe.attention) == "kk+gaussian:3" and s.recipe.protocol == Protocol(crop=0)
+    assert str(s.recipe.attention) == "kk+gaussian:3" and s.recipe.protocol == Protocol(crop=0, mean=CLIP_MEAN, std=CLIP_STD)
     assert s(rgb_image, "cat, dog").labels.shape == (75, 100)
 
 
@@ -150,6 +152,9 @@ def test_one_call_segment(weights, rgb_image):
 
 
 def test_upsample_is_the_last_step(seg, rgb_image):
-    low, _, _ = seg.stitched_logits(rgb_image, ovss.text_bank.parse_classes("cat, dog"))
+    state = seg.preprocess(rgb_image)
+    assert state.size == (75, 100) and state.network_size == (336, 448)
+    _, q = seg.queries("cat, dog")
+    low = seg.stitched_logits(state, q)
     assert low.shape[-2:] == (336, 448)
     assert upsample(low, (75, 100)).shape == (2, 75, 100)

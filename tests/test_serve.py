@@ -29,7 +29,13 @@ pytest.importorskip("fastapi", reason="the HTTP API needs ovss[serve] (fastapi)"
 pytest.importorskip("uvicorn", reason="the HTTP API needs ovss[serve] (uvicorn)")
 httpx = pytest.importorskip("httpx", reason="the API tests need httpx")
 
-from ovss.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, decode_label_map, rle_decode, rle_encode
+from ovss.apps.serve import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    decode_label_map,
+    rle_decode,
+    rle_encode,
+)
 
 CLASSES = "cat, sofa|couch, wooden floor"
 
@@ -144,7 +150,7 @@ def test_health_and_methods(server):
 
 
 def test_binds_to_localhost_by_default():
-    from ovss.cli import build_parser
+    from ovss.apps.cli import build_parser
 
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1"
@@ -346,7 +352,7 @@ def test_50_concurrent_requests(server, reference, capsys):
 def test_serve_without_extras_is_a_clear_error(monkeypatch, capsys):
     import importlib.util
 
-    from ovss import cli
+    from ovss.apps import cli
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))

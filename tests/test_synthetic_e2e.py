@@ -15,7 +15,7 @@ from PIL import Image
 
 from ovss.data import ensure_synthetic
 from ovss.data.synthetic import CLASSES, SEED_BASE, make_scene
-from ovss.metrics import IoUAccumulator
+from ovss.eval.metrics import IoUAccumulator
 
 TABLE = Path(__file__).parents[1] / "benchmarks" / "results" / "synthetic"
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovss.text_bank import TextBank, get_templates, parse_classes
+from ovss.text.bank import TextBank, get_templates, parse_classes
 
 
 def test_class_forms_agree(tmp_path):
@@ -79,7 +79,7 @@ class CountingModel(torch.nn.Module):
 @pytest.fixture(scope="module")
 def clip_and_tok(tiny_clip_dir):
     from ovss.backbones.factory import create_clip
-    from ovss.backbones.tokenizer import Tokenizer
+    from ovss.text.tokenizer import Tokenizer
 
     return create_clip(str(tiny_clip_dir / "model.safetensors")).model, Tokenizer.from_dir(tiny_clip_dir)
 

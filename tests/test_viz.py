@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovss.viz import VOC_PALETTE, legend, named_palette, overlay, overlay_with_legend, palette_for
+from ovss.core.viz import VOC_PALETTE, legend, named_palette, overlay, overlay_with_legend, palette_for
 
 
 def test_voc_palette_known_entries():

@@ -10,19 +10,20 @@ Nothing heavy happens at import: no device selection, no weights, no network.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .methods import get_method, list_methods
-from .result import Result
+from .core.result import Result
+from .core.version import __version__
+from .core.recipe import get_method, list_methods
+from .core.state import ImageState
+from .text.bank import parse_classes
 
 if TYPE_CHECKING:
-    from .pipeline import Segmenter
+    from .core.segmenter import Segmenter
 
-__all__ = ["Result", "Segmenter", "__version__", "list_backbones", "list_methods", "get_method", "load",
-           "segment"]
+__all__ = ["ImageState", "Result", "Segmenter", "__version__", "get_method", "list_backbones", "list_methods",
+           "load", "parse_classes", "segment"]
 
 
 def load(method: str = "maskclip", backbone: str = "clip-vit-b16", weights: Any = None,
@@ -39,7 +40,7 @@ def load(method: str = "maskclip", backbone: str = "clip-vit-b16", weights: Any 
         **kwargs: `overrides={"protocol.crop": 0, ...}`, `tokenizer=path`, `cache_dir=...`,
             `text_cache_dir=...`, `act="gelu"`; see `Segmenter`.
     """
-    from .pipeline import Segmenter
+    from .core.segmenter import Segmenter
 
     return Segmenter(method, backbone=backbone, weights=weights, preset=preset, device=device, **kwargs)
 
@@ -56,14 +57,14 @@ def segment(image: Any, classes: Any, method: str = "maskclip", backbone: str = 
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
-    from .backbones.pretrained import list_backbones as _list
+    from .backbones.zoo import list_backbones as _list
 
     return _list(pattern)
 
 
 def __getattr__(name: str) -> Any:
     if name == "Segmenter":
-        from .pipeline import Segmenter
+        from .core.segmenter import Segmenter
 
         return Segmenter
     raise AttributeError(name)

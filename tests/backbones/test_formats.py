@@ -32,7 +32,8 @@ from ovss.backbones.convert import (
 )
 from ovss.backbones.factory import WeightsMismatchError, create_clip, weights_identity
 from ovss.backbones.hub import WeightsNotFoundError, download, resolve_weights
-from ovss.backbones.pretrained import PretrainedCfg, get_pretrained, list_backbones
+from ovss.backbones.pretrained import PretrainedCfg, list_backbones
+from ovss.backbones.zoo import get_pretrained
 from ovss.backbones.transformer import LayerNorm, Transformer
 from ovss.backbones.vit import VisionTransformer
 

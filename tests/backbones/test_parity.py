@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ovss.attention import AttentionRule
+from ovss.heads.attention import AttentionRule
 from ovss.backbones.factory import create_clip
-from ovss.dense import Surgery, last_block
+from ovss.heads.dense import Surgery, last_block
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 TOL = 1e-5

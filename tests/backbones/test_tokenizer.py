@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovss.backbones.tokenizer import (
+from ovss.text.tokenizer import (
     EOT,
     MAX_MERGES,
     SOT,

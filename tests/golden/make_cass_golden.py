@@ -238,7 +238,7 @@ def run_full(seg_mod, model_mod, vits, dino_att, class_file, g) -> None:
     from ovss.backbones.configs import ARCHS
     from ovss.backbones.dino import create_dino
     from ovss.backbones.factory import LoadedClip
-    from ovss.methods.proxyclip import register_vfm
+    from ovss.heads.vfm import register_vfm
 
     torch.manual_seed(0)
     ours_clip = CLIP(ARCHS["ViT-B-16"]).eval()
@@ -269,7 +269,7 @@ def run_full(seg_mod, model_mod, vits, dino_att, class_file, g) -> None:
 
 
 def ovss_segmenter(clip, preset: str, vfm: str):
-    from ovss.pipeline import Segmenter
+    from ovss.core.segmenter import Segmenter
 
     return Segmenter("cass", clip=clip, preset=preset, device="cpu", tokenizer=HERE / "tokenizer" / "small_vocab.txt.gz",
                      overrides={"protocol.short_side": None, "plugins": f"cass:vfm={vfm}"}
@@ -278,11 +278,11 @@ def ovss_segmenter(clip, preset: str, vfm: str):
 
 def run_ovss(seg, queries, idx, image):
     """ovss's stitched logits, labels and per-window assignments for one image."""
-    from ovss import spectral
-    from ovss.inference import upsample
-    from ovss.text_bank import ClassSpec
+    from ovss.ops import spectral
+    from ovss.core.resize import upsample
+    from ovss.text.bank import ClassSpec
 
-    seg.text_bank.encode = lambda spec, q=queries: q
+    seg_queries = queries
     groups = [tuple(f"q{q}" for q, c in enumerate(idx) if c == k) for k in range(max(idx) + 1)]
     spec = ClassSpec(tuple(groups), background=True)
     cols, match = [], spectral.match_heads
@@ -295,10 +295,11 @@ def run_ovss(seg, queries, idx, image):
     spectral.match_heads = recording
     try:
         with torch.no_grad():
-            low, _, x = seg.stitched_logits(image.numpy(), spec)
             ori = tuple(image.shape[:2])
-            logits = seg.refine(upsample(low, ori), x)
-            labels = torch.as_tensor(seg._decide(low, x, ori, spec)[0])
+            state = seg.preprocess(image.numpy(), size=ori)
+            low = seg.stitched_logits(state, seg_queries)
+            logits = seg.refine(upsample(low, ori), state)
+            labels = torch.as_tensor(seg.decide(low, state, spec).labels)
     finally:
         spectral.match_heads = match
     return logits, labels, cols

@@ -116,8 +116,8 @@ def queries_for(state: dict, dims: dict, n: int = 16, seed: int = 3, method: str
     centred patch features of a seeded 224 x 224 image (computed with ovss: the NACLIP rule, or
     `method`'s default readout; they are inputs only) at `n` random patches, plus 0.3 x noise,
     normalised."""
-    from ovss.attention import AttentionRule
-    from ovss.dense import Surgery, dense_embeddings
+    from ovss.heads.attention import AttentionRule
+    from ovss.heads.dense import Surgery, dense_embeddings
 
     clip = ovss_clip(state, dims)
     x = normalise(blocky_image(torch.Generator().manual_seed(11), 224, 224))
@@ -145,16 +145,16 @@ def queries_for(state: dict, dims: dict, n: int = 16, seed: int = 3, method: str
 
 
 def ovss_segmenter(clip, method, preset, overrides, queries):
-    from ovss.pipeline import Segmenter
+    from ovss.core.segmenter import Segmenter
 
     seg = Segmenter(method, clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
                     overrides={"protocol.short_side": None, **overrides})
-    seg.text_bank.encode = lambda spec: queries
+    seg.golden_queries = queries  # the golden's queries, passed to the public calls
     return seg
 
 
 def spec_of(q2c):
-    from ovss.text_bank import ClassSpec
+    from ovss.text.bank import ClassSpec
 
     groups = [tuple(f"q{q}" for q, c in enumerate(q2c) if c == k) for k in range(max(q2c) + 1)]
     return ClassSpec(tuple(groups), background=True)
@@ -163,17 +163,18 @@ def spec_of(q2c):
 @torch.no_grad()
 def ovss_predict(seg, image: torch.Tensor, q2c, ori):
     """ovss's logits at the original size (after refiners) and its label map."""
-    from ovss.inference import upsample
+    from ovss.core.resize import upsample
 
     spec = spec_of(q2c)
-    low, _, x = seg.stitched_logits(image.numpy(), spec)
-    logits = seg.refine(upsample(low, tuple(ori)), x)
-    labels = seg._decide(low, x, tuple(ori), spec)[0]
+    state = seg.preprocess(image.numpy(), size=tuple(ori))
+    low = seg.stitched_logits(state, seg.golden_queries)
+    logits = seg.refine(upsample(low, tuple(ori)), state)
+    labels = seg.decide(low, state, spec).labels
     return logits, torch.from_numpy(labels)
 
 
 def first_window(seg, x: torch.Tensor) -> torch.Tensor:
-    from ovss.inference import window_boxes
+    from ovss.core.protocol import window_boxes
 
     p = seg.recipe.protocol
     y1, y2, x1, x2 = window_boxes(x.shape[-2], x.shape[-1], p.crop, p.stride)[0]
@@ -249,7 +250,7 @@ def resclip_reference(seg_mod, net, class_file, queries, recipe, arch, attn):
 
 @torch.no_grad()
 def resclip_runs(root: Path, state: dict, dims: dict, runs: dict, queries, class_file, full: bool):
-    from ovss.dense import pass_context
+    from ovss.heads.dense import pass_context
     from ovss.methods import get_method
 
     seg_mod, model_mod = load_resclip(root)
@@ -285,7 +286,7 @@ def resclip_runs(root: Path, state: dict, dims: dict, runs: dict, queries, class
             rcs, sfr = r.plugins
             a_c = rcs.middle_attention(ctx)[0]
             s = sfr.seed_labels(ctx, tuple(rcs.mixes(ctx, ())))[0]
-            from ovss.feedback import label_affinity
+            from ovss.heads.feedback import label_affinity
 
             prior = torch.zeros_like(rec["prior"][0][0])
             prior[1:, 1:] = label_affinity(s, sfr.line, sfr.std, sfr.smooth)  # before the max division / half
@@ -385,7 +386,7 @@ def scclip_runs(root: Path, state: dict, dims: dict, runs: dict, queries, class_
         out[run] = dict(image=image, ori=torch.tensor(ori), logits=logits, labels=labels,
                         outliers=rec["outliers"][0], scores=rec["scores"][0])
         if full:
-            from ovss.dense import pass_context
+            from ovss.heads.dense import pass_context
 
             ours = ovss_segmenter(clip, "scclip", preset, over, queries)
             lg, lb = ovss_predict(ours, image, q2c, ori)
@@ -593,7 +594,7 @@ def cliptrase_runs(root: Path, state: dict, dims: dict, runs: dict, queries: tor
 
 
 def normalise_for(seg, image: torch.Tensor) -> torch.Tensor:
-    from ovss.inference import preprocess
+    from ovss.core.protocol import preprocess
 
     return preprocess(image.numpy(), seg.recipe.protocol)
 

@@ -214,24 +214,26 @@ def compare_full(run, ref, ref_labels, image, queries, dino, ours_clip, ori, ref
     import ovss.methods.lposs as ovss_lposs
     from ovss.backbones.dino import create_dino
     from ovss.backbones.factory import LoadedClip
-    from ovss.inference import class_probabilities, decide, upsample
-    from ovss.methods.proxyclip import register_vfm
-    from ovss.pipeline import Segmenter
-    from ovss.text_bank import ClassSpec
+    from ovss.core.decision import class_probabilities, decide
+    from ovss.core.resize import upsample
+    from ovss.heads.vfm import register_vfm
+    from ovss.core.segmenter import Segmenter
+    from ovss.text.bank import ClassSpec
 
     register_vfm("full-dino16", create_dino(weights={k: v.detach() for k, v in dino.state_dict().items()}).model)
     lc = LoadedClip(model=ours_clip, tokenizer_dir=None, pretrained=None, weights_id="full-random")
     seg = Segmenter(run, clip=lc, preset="voc21", device="cpu", tokenizer=HERE / "tokenizer" / "small_vocab.txt.gz",
                     overrides={"protocol.short_side": None, "plugins": "lposs:vfm=full-dino16"})
-    seg.text_bank.encode = lambda spec, q=queries: q
+    seg_queries = queries
     spec_q = ClassSpec(tuple((f"q{i}",) for i in range(N_QUERIES)), background=False)
     ours = {}
     graph = ovss_lposs.lposs_patch_graph
     ovss_lposs.lposs_patch_graph = lambda feats, *a, **k: (ours.__setitem__("dino", feats), graph(feats, *a, **k))[1]
     try:
         with torch.no_grad():
-            low, _, x = seg.stitched_logits(image.numpy(), spec_q)
-            logits = upsample(seg.refine(low, x, spec_q, "network"), ori)
+            state = seg.preprocess(image.numpy(), size=ori)
+            low = seg.stitched_logits(state, seg_queries)
+            logits = upsample(seg.refine(low, state, spec_q, "network"), ori)
     finally:
         ovss_lposs.lposs_patch_graph = graph
     # the kNN at its boundary: rows whose k-th and (k+1)-th reference similarities are closer than

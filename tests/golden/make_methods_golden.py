@@ -293,20 +293,21 @@ def reference_run(refs: dict, which: str, settings: dict, x: torch.Tensor, ori, 
 
 def ovss_run(clip, method, preset, overrides, image, queries, q2c, ori):
     """The same run through ovss's Segmenter, the queries injected in place of the text bank."""
-    from ovss.inference import upsample
-    from ovss.pipeline import Segmenter
-    from ovss.text_bank import ClassSpec
+    from ovss.core.resize import upsample
+    from ovss.core.segmenter import Segmenter
+    from ovss.text.bank import ClassSpec
 
     vocab = HERE / "tokenizer" / "small_vocab.txt.gz"
     seg = Segmenter(method, clip=clip, preset=preset, device="cpu", tokenizer=vocab,
                     overrides={"protocol.short_side": None, **overrides})
-    seg.text_bank.encode = lambda spec: queries
+    seg_queries = queries
     groups = [[f"q{q}" for q, c in enumerate(q2c) if c == k] for k in range(max(q2c) + 1)]
     spec = ClassSpec(tuple(tuple(g) for g in groups), background=True)
     with torch.no_grad():
-        low, _, x = seg.stitched_logits(image.numpy(), spec)
-        logits = seg.refine(upsample(low, tuple(ori)), x)
-        labels = seg._decide(low, x, tuple(ori), spec)[0]
+        state = seg.preprocess(image.numpy(), size=tuple(ori))
+        low = seg.stitched_logits(state, seg_queries)
+        logits = seg.refine(upsample(low, tuple(ori)), state)
+        labels = seg.decide(low, state, spec).labels
     return logits, torch.from_numpy(labels)
 
 

@@ -164,10 +164,10 @@ def run_full(dino_mod, mod, cc_model, myutils, class_file, g) -> None:
     from ovss.backbones.configs import ARCHS
     from ovss.backbones.dino import create_dino
     from ovss.backbones.factory import LoadedClip
-    from ovss.inference import upsample
-    from ovss.methods.proxyclip import register_vfm
-    from ovss.pipeline import Segmenter
-    from ovss.text_bank import ClassSpec
+    from ovss.core.resize import upsample
+    from ovss.heads.vfm import register_vfm
+    from ovss.core.segmenter import Segmenter
+    from ovss.text.bank import ClassSpec
 
     torch.manual_seed(0)
     ours_clip = CLIP(ARCHS["ViT-B-16"]).eval()
@@ -195,13 +195,14 @@ def run_full(dino_mod, mod, cc_model, myutils, class_file, g) -> None:
     ours = Segmenter("proxyclip", clip=lc, preset="voc21", device="cpu",
                      tokenizer=HERE / "tokenizer" / "small_vocab.txt.gz",
                      overrides={"protocol.short_side": None, "plugins": "proxy:vfm=full-dino"})
-    ours.text_bank.encode = lambda spec, q=queries: q
+    ours_queries = queries
     groups = [tuple(f"q{q}" for q, c in enumerate(idx) if c == k) for k in range(max(idx) + 1)]
     spec = ClassSpec(tuple(groups), background=True)
     with torch.no_grad():
-        low, _, x = ours.stitched_logits(image.numpy(), spec)
-        logits = ours.refine(upsample(low, ori), x)
-        labels = torch.as_tensor(ours._decide(low, x, ori, spec)[0])
+        state = ours.preprocess(image.numpy(), size=ori)
+        low = ours.stitched_logits(state, ours_queries)
+        logits = ours.refine(upsample(low, ori), state)
+        labels = torch.as_tensor(ours.decide(low, state, spec).labels)
     r = ref_logits[0]
     nan_ref, nan_ours = torch.isnan(r), torch.isnan(logits)
     fin = ~nan_ref & ~nan_ours

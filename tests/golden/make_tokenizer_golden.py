@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ovss.backbones.tokenizer import Tokenizer, train_bpe, write_merges
+from ovss.text.tokenizer import Tokenizer, train_bpe, write_merges
 
 HERE = Path(__file__).resolve().parent / "tokenizer"
 NUM_MERGES = 1500

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ovss.inference import class_probabilities
-from ovss.text_bank import ClassSpec
+from ovss.core.decision import class_probabilities
+from ovss.text.bank import ClassSpec
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 VOCAB = GOLDEN / "tokenizer" / "small_vocab.txt.gz"

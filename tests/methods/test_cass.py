@@ -5,7 +5,6 @@ seeded; runs `slide` (224/112 windows, stretched singular values, whole-image pr
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -13,18 +12,22 @@ from safetensors.torch import load_file
 
 from ovss.backbones.dino import create_dino
 from ovss.backbones.factory import create_clip
-from ovss.hierarchy import ward_clusters
-from ovss.inference import upsample
+from ovss.ops.hierarchy import ward_clusters
+from ovss.core.resize import upsample
 from ovss.methods import get_method
-from ovss.methods.cass import CASSHead
-from ovss.methods.proxyclip import register_vfm
-from ovss.pipeline import Segmenter
-from ovss.text_bank import ClassSpec
+from ovss.heads.cass import CASSHead
+from ovss.heads.vfm import register_vfm
+from ovss.core.segmenter import Segmenter
+from ovss.text.bank import ClassSpec
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 VOCAB = GOLDEN / "tokenizer" / "small_vocab.txt.gz"
 
 # run -> (preset, plug-in settings) as make_cass_golden.py's RUNS
+# measured on Intel Xeon (1 and 2 threads): head-matching cost <= 6.9e-6, logits <= 7.8e-6 (float32);
+# the margin covers other CPUs' summation orders. The assignments the costs feed are compared exactly.
+COST_TOL = 5e-5
+LOGITS_TOL = 5e-5
 RUNS = {
     "slide": ("context60", "text_weight=0.04,prior_weight=0.25,cluster_threshold=0.1,stretch=True,global_cls=image",
               {"protocol.crop": 224, "decision.prob_thd": 0.1}),
@@ -65,13 +68,14 @@ def _segmenter(clip, run, seed, **extra):
 
 def _run(seg, g, run):
     spec = _spec(g["query_to_class"].tolist())
-    seg.text_bank.encode = lambda spec, q=g["queries"]: q
+    seg_queries = g["queries"]
     image = g[f"{run}.image"]
     ori = tuple(image.shape[:2])
     with torch.no_grad():
-        low, _, x = seg.stitched_logits(image.numpy(), spec)
-        logits = seg.refine(upsample(low, ori), x)
-        labels = seg._decide(low, x, ori, spec)[0]
+        state = seg.preprocess(image.numpy(), size=ori)
+        low = seg.stitched_logits(state, seg_queries)
+        logits = seg.refine(upsample(low, ori), state)
+        labels = seg.decide(low, state, spec).labels
     return logits, torch.as_tensor(labels)
 
 
@@ -86,7 +90,7 @@ def test_text_clusters_match_reference(golden):
 
 @pytest.mark.parametrize("run", list(RUNS))
 def test_logits_and_labels_match_reference(golden, clip, run, monkeypatch):
-    from ovss import spectral
+    from ovss.ops import spectral
 
     g, step, seed = golden
     seen = []
@@ -102,11 +106,15 @@ def test_logits_and_labels_match_reference(golden, clip, run, monkeypatch):
     n_win = len([k for k in g if k.startswith(f"{run}.cost")])
     assert len(seen) == n_win
     for i, (cost, cols) in enumerate(seen):
+        # the decision the cost's ties feed (the head assignment) must be the reference's; the
+        # cost itself depends on the CPU's summation order (eigen solvers, matmul kernels)
         assert torch.equal(cols, g[f"{run}.cols{i}"].to(cols.dtype))
-        assert torch.equal(cost, g[f"{run}.cost{i}"])  # bit for bit: ties break alike
+        cdiff = (cost - g[f"{run}.cost{i}"]).abs().max().item()
+        print(run, i, "cost diff", cdiff)
+        assert cdiff < COST_TOL, cdiff
     diff = (logits[:, ::step, ::step] - g[f"{run}.logits"]).abs().max().item()
     print(run, "max abs diff", diff)
-    assert diff < 1e-4, diff
+    assert diff < LOGITS_TOL, diff
     assert torch.equal(labels.to(torch.uint8), g[f"{run}.labels"])
 
 
@@ -189,19 +197,18 @@ def test_presence_plugin_on_another_method(golden, clip):
     """CASS's text side on NACLIP's readout (`plugins=presence`): weights 0 leave NACLIP's logits
     as they are; weights > 0 change them by exactly the blend with the class-token prior when
     the text is not moved (text_weight 0)."""
-    from ovss.presence import class_token_prior
+    from ovss.heads.presence import class_token_prior
 
     g, _, _ = golden
-    spec = _spec(g["query_to_class"].tolist())
     image = g["whole.image"].numpy()
 
     def low(plugins):
         seg = Segmenter("naclip", clip=clip, preset="voc21", device="cpu", tokenizer=VOCAB,
                         overrides={"protocol.short_side": None, "protocol.crop": 0, "plugins": plugins})
-        seg.text_bank.encode = lambda spec, q=g["queries"]: q
         with torch.no_grad():
-            out, _, x = seg.stitched_logits(image, spec)
-        return out, x, seg
+            state = seg.preprocess(image)
+            out = seg.stitched_logits(state, g["queries"])
+        return out, state.x, seg
 
     base, x, seg = low("")
     zero, _, _ = low("presence:text_weight=0,prior_weight=0")
@@ -225,7 +232,7 @@ def test_cli_segment_with_a_local_dino_file(tmp_path):
     dg = load_file(str(GOLDEN / "dino_small.safetensors"))
     dino = tmp_path / "dino_small.pth"
     torch.save({k[7:]: v for k, v in dg.items() if k.startswith("dino.w.")}, dino)
-    assets = Path(__file__).parents[2] / "src/ovss/assets/examples"
+    assets = Path(__file__).parents[2] / "src/ovss/data/assets/examples"
     cmd = [sys.executable, "-m", "ovss", "segment", str(assets / "scene_a.png"), "--classes-file",
            str(assets / "scene_a.txt"), "--backbone", "tiny-synthetic", "--method", "cass", "--preset", "voc20",
            "--set", f"plugins=cass:vfm={dino},stretch=False", "--out", str(tmp_path / "out")]

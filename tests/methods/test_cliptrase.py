@@ -16,14 +16,15 @@ import torch
 from deep_parity import GOLDEN, VOCAB, load_golden, small_clip
 
 import ovss
-from ovss.affinity import self_correlation
+from ovss.ops.affinity import self_correlation
 from ovss.backbones.vit import Tap
-from ovss.inference import preprocess, upsample
+from ovss.core.protocol import preprocess
+from ovss.core.resize import upsample
 from ovss.methods import get_method
-from ovss.pipeline import Segmenter
+from ovss.core.segmenter import Segmenter
 from ovss.refine import RefineContext
 from ovss.refine.cluster import Cluster, dbscan, denoised_affinity, majority_vote, mean_vote, median_filter
-from ovss.text_bank import ClassSpec, parse_classes
+from ovss.text.bank import ClassSpec, parse_classes
 
 torch.set_num_threads(1)
 FILE = GOLDEN / "cliptrase_small.safetensors"
@@ -69,15 +70,16 @@ def outputs(golden, clip):
         for key, over in (("full", {}), ("plain", {"plugins": "", "refiners": ""})):
             seg = Segmenter("cliptrase", clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
                             overrides={"protocol.short_side": None, **over})
-            seg.text_bank.encode = lambda spec, q=q: q
+            seg_queries = q
             with torch.no_grad():
-                low, _, x = seg.stitched_logits(image, spec)
-                res[key + ".labels"] = seg._decide(low, x, (size, size), spec)[0]
+                state = seg.preprocess(image, size=(size, size))
+                low = seg.stitched_logits(state, seg_queries)
+                res[key + ".labels"] = seg.decide(low, state, spec).labels
                 res[key + ".logits"] = upsample(low, (size, size))
                 if key == "full":
-                    left = seg._features[x]
+                    left = state.features
                     res["cache_hit"] = bool(left.get("taps"))  # one window: the readout's own pass
-                    ctx = RefineContext(seg.visual, x, spec.query_to_class, len(spec), dict(left))
+                    ctx = RefineContext(seg.visual, state.x, spec.query_to_class, len(spec), dict(left))
                     (cl,) = seg.recipe.refiners
                     vals, _ = ctx.tap_values(cl.taps())
                     qq, kk, vv = vals[f"qkv:{cl.layer}"][10]
@@ -192,21 +194,20 @@ def test_cluster_refiner_on_windows_and_other_methods(clip):
                          ("cliptrase", {"protocol.crop": 64, "protocol.stride": 48})):
         seg = Segmenter(method, clip=clip, device="cpu", tokenizer=VOCAB,
                         overrides={"protocol.short_side": None, **over})
-        seg.text_bank.encode = lambda spec: torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+        queries = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
         spec = parse_classes(["a", "b|b2", "c"])
         with torch.no_grad():
-            low, _, x = seg.stitched_logits(image, spec)
-            left = seg._features[x]
+            state = seg.preprocess(image)
+            low = seg.stitched_logits(state, queries)
+            left = state.features  # the per-image state holds what the readout left for refiners
             assert bool(left.get("taps")) == (method != "cliptrase")  # crop 224 > image: one window
-            seg.refine(upsample(low, (130, 190)), x, spec)
+            seg.refine(upsample(low, (130, 190)), state, spec)
             assert left["grid"] == (8, 11)  # else one more pass over the whole image
-        res = seg(image, ["a", "b|b2", "c"])
+        res = seg(image, ["a", "b|b2", "c"], queries=queries)
         assert res.labels.shape == (130, 190)
-        del x, left
-        import gc
-
-        gc.collect()
-        assert len(seg._features) == 0  # nothing kept between calls
+        assert not any(isinstance(v, dict) for v in vars(seg).values() if v is not seg.__dict__)  # no per-call caches
+        other = seg.preprocess(image)
+        assert other.features == {} and other is not state  # nothing is shared between calls
     x = preprocess(image, get_method("cliptrase").resolve(None, {"protocol.short_side": None}).protocol)
     ctx = RefineContext(clip.model.visual, x)
     vals, grid = ctx.tap_values({"t": Tap("qkv", (-2,))})
@@ -220,9 +221,9 @@ def test_repo_presets():
     """clip_self_correlation.py: Resize(n_px) (lines 38-43), Normalize (48), one pass (129-145),
     logit_scale.exp() = 100 (154), DBSCAN (0.7, 3) at 224 and (1.1, 7) at 336 (233-234), VOC20's
     class-token prior (159-161); attn2.py:254-277 and model.py:191-195 for the block."""
-    from ovss.attention import AttentionRule
-    from ovss.cls_prior import ClsPrior
-    from ovss.dense import Surgery
+    from ovss.heads.attention import AttentionRule
+    from ovss.heads.cls_prior import ClsPrior
+    from ovss.heads.dense import Surgery
 
     spec = get_method("cliptrase")
     for name, size, eps, m, prior in (("repo-224", 224, 0.7, 3, False), ("repo-336", 336, 1.1, 7, False),
@@ -275,7 +276,7 @@ def test_own_protocol_presets(name, size):
     """`<benchmark>-repo-<size>`: the model side of `repo-<size>` (clip_self_correlation.py:233-234
     for DBSCAN, 159-161 for VOC20's class-token prior), its class lists (configs/dataset_cfg.py),
     the background flag of its with_bg datasets (line 115) and its evaluation protocol."""
-    from ovss.cls_prior import ClsPrior
+    from ovss.heads.cls_prior import ClsPrior
 
     where, bg, n_cls, n_q, first, last = OWN[name]
     spec = get_method("cliptrase")
@@ -305,7 +306,7 @@ def test_methods_command_shows_the_evaluation_protocol(capsys):
     """`ovss methods` says which presets score with CLIPtrase's own protocol, and the JSON too."""
     import json
 
-    from ovss.cli import main
+    from ovss.apps.cli import main
 
     assert main(["methods", "cliptrase"]) == 0
     out = capsys.readouterr().out

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from ovss.backbones.dino import create_dino
 from ovss.backbones.factory import create_clip
 from ovss.methods import get_method
-from ovss.methods.proxyclip import register_vfm
-from ovss.pipeline import Segmenter
-from ovss.text_bank import ClassSpec
+from ovss.heads.vfm import register_vfm
+from ovss.core.segmenter import Segmenter
+from ovss.text.bank import ClassSpec
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 VOCAB = GOLDEN / "tokenizer" / "small_vocab.txt.gz"
@@ -38,14 +38,15 @@ def test_logits_and_labels_match_reference(golden, method):
     clip = create_clip(str(GOLDEN / "clip_small.safetensors"))
     seg = Segmenter(method, clip=clip, preset="voc21", device="cpu", tokenizer=VOCAB,
                     overrides={"protocol.short_side": None, "plugins": "lposs:vfm=golden-dino16"})
-    seg.text_bank.encode = lambda spec, q=g["queries"]: q
+    seg_queries = g["queries"]
     img = g["image"].numpy()
     ori = tuple(g["ori_shape"].tolist())
     # the reference resizes the logits of the 224x448 input to ori_shape (its "original" size)
     with torch.no_grad():
-        low, _, x = seg.stitched_logits(img, SPEC_Q)
-        low = seg.refine(low, x, SPEC_Q, "network")
-        from ovss.inference import upsample
+        state = seg.preprocess(img, size=ori)
+        low = seg.stitched_logits(state, seg_queries)
+        low = seg.refine(low, state, SPEC_Q, "network")
+        from ovss.core.resize import upsample
 
         logits = upsample(low, ori)
     ref = g[f"{method}.logits"]
@@ -61,7 +62,7 @@ def test_logits_and_labels_match_reference(golden, method):
     # as much with its ties broken the other way (tests/golden/README.md, `--full`). This golden
     # has no such row (smallest gap at rank 400: 3.9e-7; DINO features 1.2e-7 apart).
     assert diff < 1e-4, diff
-    from ovss.inference import class_probabilities, decide
+    from ovss.core.decision import class_probabilities, decide
 
     labels, _ = decide(class_probabilities(logits, SPEC_C.query_to_class, 5, 1.0), get_method(method).recipe.decision)
     bad = labels.to(torch.uint8) != g[f"{method}.labels"]
@@ -81,7 +82,7 @@ def test_presets():
 
 def test_presets_use_lposs_class_lists():
     """LPOSS's own lists (its dataset classes' CLASSES, data/classnames/lposs/), not SCLIP's."""
-    from ovss.text_bank import parse_classes
+    from ovss.text.bank import parse_classes
 
     root = Path(__import__("ovss").__file__).parent / "data" / "classnames"
     spec = get_method("lposs")

@@ -18,10 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ovss.backbones.factory import create_clip
-from ovss.inference import class_probabilities, decide, upsample
+from ovss.core.decision import class_probabilities, decide
+from ovss.core.resize import upsample
 from ovss.methods import get_method
-from ovss.pipeline import Segmenter
-from ovss.text_bank import ClassSpec
+from ovss.core.segmenter import Segmenter
+from ovss.text.bank import ClassSpec
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 FILE = GOLDEN / "methods_small.safetensors"
@@ -66,11 +67,12 @@ def outputs(golden, clip):
     for run, (method, preset, overrides) in RUNS.items():
         seg = Segmenter(method, clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
                         overrides={"protocol.short_side": None, **overrides})
-        seg.text_bank.encode = lambda spec, q=queries: q  # the golden's queries, not the text tower
+        seg_queries = queries
         with torch.no_grad():
-            low, _, x = seg.stitched_logits(image, spec)
-            logits = seg.refine(upsample(low, ori), x)
-            labels = seg._decide(low, x, ori, spec)[0]
+            state = seg.preprocess(image, size=ori)
+            low = seg.stitched_logits(state, seg_queries)
+            logits = seg.refine(upsample(low, ori), state)
+            labels = seg.decide(low, state, spec).labels
         out[run] = (seg, logits, labels, spec)
     return out
 
@@ -121,7 +123,7 @@ def test_padding_is_clearclips_compute_padsize():
     """inference._pad_to_multiple pads as ClearCLIP's compute_padsize (clearclip_segmentor.py:
     246-258): remainder r -> patch - r split left = half (floor), right = the rest; zeros in
     normalised space; the logits are cropped back at [top:top+H, left:left+W]."""
-    from ovss.inference import _pad_to_multiple
+    from ovss.core.protocol import _pad_to_multiple
 
     def compute_padsize(h, w, patch):  # the reference's rule, restated
         l = r = t = b = 0

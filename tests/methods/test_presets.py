@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import ovss
-from ovss.attention import AttentionRule
-from ovss.dense import Surgery
-from ovss.inference import CLIP_MEAN, CLIP_STD, resized_size, window_boxes
+from ovss.heads.attention import AttentionRule
+from ovss.heads.dense import Surgery
+from ovss.core.protocol import CLIP_MEAN, CLIP_STD, resized_size, window_boxes
 from ovss.methods import get_method
 from ovss.refine.pamr import PAMR
-from ovss.text_bank import parse_classes
+from ovss.text.bank import parse_classes
 
 CLASSNAMES = Path(ovss.__file__).parent / "data" / "classnames"
 DATASETS = ["voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff171", "cityscapes",
@@ -201,7 +201,7 @@ def test_class_files_parse(folder, name):
         assert spec.synonyms[0].count("bed") == 1 and spec.synonyms[60] == ("bed",)
         probs = torch.zeros(len(spec.queries), 1, 1)
         probs[[q for q, c in enumerate(spec.query_to_class) if spec.queries[q] == "bed"]] = 5.0
-        from ovss.inference import class_probabilities
+        from ovss.core.decision import class_probabilities
 
         labels = class_probabilities(probs, spec.query_to_class, len(spec), 1.0).argmax(0)
         assert labels.item() == 0
@@ -230,7 +230,7 @@ def test_cli_segment_uses_the_preset_class_file(tiny_clip_dir, tmp_path, capsys)
     import numpy as np
     from PIL import Image
 
-    from ovss.cli import main
+    from ovss.apps.cli import main
 
     img = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(img)

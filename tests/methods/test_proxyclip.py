@@ -11,11 +11,12 @@ from safetensors.torch import load_file
 
 from ovss.backbones.dino import create_dino
 from ovss.backbones.factory import create_clip
-from ovss.inference import upsample
+from ovss.core.resize import upsample
 from ovss.methods import get_method
-from ovss.methods.proxyclip import ProxyHead, register_vfm
-from ovss.pipeline import Segmenter
-from ovss.text_bank import ClassSpec
+from ovss.heads.proxy import ProxyHead
+from ovss.heads.vfm import register_vfm
+from ovss.core.segmenter import Segmenter
+from ovss.text.bank import ClassSpec
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 VOCAB = GOLDEN / "tokenizer" / "small_vocab.txt.gz"
@@ -47,12 +48,13 @@ def _spec(q2c):
 def test_logits_and_labels_match_reference(golden, segmenter):
     g, step = golden
     spec = _spec(g["query_to_class"].tolist())
-    segmenter.text_bank.encode = lambda spec, q=g["queries"]: q
+    segmenter_queries = g["queries"]
     ori = tuple(g["ori_shape"].tolist())
     with torch.no_grad():
-        low, _, x = segmenter.stitched_logits(g["image"].numpy(), spec)
-        logits = segmenter.refine(upsample(low, ori), x)
-        labels = segmenter._decide(low, x, ori, spec)[0]
+        state = segmenter.preprocess(g["image"].numpy(), size=ori)
+        low = segmenter.stitched_logits(state, segmenter_queries)
+        logits = segmenter.refine(upsample(low, ori), state)
+        labels = segmenter.decide(low, state, spec).labels
     diff = (logits[:, ::step, ::step] - g["logits"]).abs().max().item()
     print("max abs diff", diff)
     assert diff < 1e-4, diff
@@ -78,19 +80,18 @@ def test_dinov2_proxy_with_registers_runs(golden, segmenter):
                     overrides={"protocol.short_side": None, "protocol.crop": 224,
                                "plugins": "proxy:vfm=golden-dinov2r"})
     g, _ = golden
-    seg.text_bank.encode = lambda spec, q=g["queries"]: q
     crops = torch.zeros(1, 3, 224, 224)
     lg = seg.patch_logits(crops, g["queries"])
     assert lg.shape == (1, 16, 16, 16)
-    res = seg(g["image"].numpy(), _spec(g["query_to_class"].tolist()))
+    res = seg(g["image"].numpy(), _spec(g["query_to_class"].tolist()), queries=g["queries"])
     assert res.labels.shape == (224, 336)
 
 
 def test_methods_command_describes_the_affinity_only_rule(capsys):
     """ProxyCLIP's rule has no q/k/v terms (DINO's affinity is its attention): `ovss methods`
     names it instead of printing an empty string, and the name parses back."""
-    from ovss.attention import AttentionRule
-    from ovss.cli import main
+    from ovss.heads.attention import AttentionRule
+    from ovss.apps.cli import main
 
     rule = get_method("proxyclip").recipe.attention
     assert rule.terms == () and str(rule) == "affinity" and AttentionRule.parse("affinity") == rule

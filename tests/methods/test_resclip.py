@@ -14,12 +14,13 @@ import pytest
 import torch
 from deep_parity import GOLDEN, VOCAB, assert_labels_equal, load_golden, small_clip, spec_of
 
-from ovss.dense import pass_context
-from ovss.feedback import SFR, label_affinity, line_of_sight, patch_mode
-from ovss.inference import upsample, window_boxes
+from ovss.heads.dense import pass_context
+from ovss.heads.feedback import SFR, label_affinity, line_of_sight, patch_mode
+from ovss.core.resize import upsample
+from ovss.core.protocol import window_boxes
 from ovss.methods import get_method
-from ovss.pipeline import Segmenter
-from ovss.rcs import RCS
+from ovss.core.segmenter import Segmenter
+from ovss.heads.rcs import RCS
 
 torch.set_num_threads(1)
 FILE = GOLDEN / "resclip_small.safetensors"
@@ -55,11 +56,13 @@ def outputs(golden, clip):
         ori = tuple(g[f"{run}.ori_shape"].tolist())
         seg = Segmenter("resclip", clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
                         overrides={"protocol.short_side": None, **over})
-        seg.text_bank.encode = lambda spec, q=q: q
+        seg_queries = q
         with torch.no_grad():
-            low, _, x = seg.stitched_logits(image, spec)
-            logits = seg.refine(upsample(low, ori), x)
-            labels = seg._decide(low, x, ori, spec)[0]
+            state = seg.preprocess(image, size=ori)
+            low = seg.stitched_logits(state, seg_queries)
+            x = state.x
+            logits = seg.refine(upsample(low, ori), state)
+            labels = seg.decide(low, state, spec).labels
             p = seg.recipe.protocol
             y1, y2, x1, x2 = window_boxes(h, w, p.crop, p.stride)[0]
             r = seg.recipe
@@ -124,7 +127,7 @@ def test_the_seed_threshold_acts_in_the_goldens(golden, clip):
     g, _ = golden
     q = g["queries"]
     r = get_method("resclip").resolve("voc21", {"protocol.short_side": None})
-    from ovss.inference import preprocess
+    from ovss.core.protocol import preprocess
 
     x = preprocess(g["image_224x224"].numpy(), r.protocol)
     rcs, sfr = r.plugins
@@ -157,7 +160,7 @@ def _reference_check_path(labels: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("shape", [(5, 7), (9, 4), (1, 6), (8, 8)])
 def test_line_of_sight_is_the_references_in_chunks(shape, monkeypatch):
-    import ovss.feedback as fb
+    import ovss.heads.feedback as fb
 
     labels = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(sum(shape)))
     want = _reference_check_path(labels)
@@ -220,14 +223,13 @@ def test_plugins_compose_from_strings_and_with_other_methods(clip):
                          ("naclip", {"plugins": "rcs+sfr", "refiners": "pamr:steps=2"})):
         seg = Segmenter(method, clip=clip, device="cpu", tokenizer=VOCAB,
                         overrides={"protocol.short_side": None, "protocol.crop": 48, "protocol.stride": 32, **over})
-        seg.text_bank.encode = lambda spec: torch.nn.functional.normalize(torch.randn(3, 32), dim=-1)
-        res = seg(image, ["a", "b", "c"])
+        res = seg(image, ["a", "b", "c"], queries=torch.nn.functional.normalize(torch.randn(3, 32), dim=-1))
         assert res.labels.shape == (60, 90)
         assert res.settings["recipe"]["plugins"]
 
 
 def test_cli_composes_plugins(tmp_path):
-    from ovss.cli import parse_overrides
+    from ovss.apps.cli import parse_overrides
 
     over = parse_overrides(["plugins=rcs:layers=4|5+sfr:line=full,smooth=grid,half=False", "refiners=pamr"])
     r = get_method("clearclip").resolve(None, over)
@@ -236,7 +238,7 @@ def test_cli_composes_plugins(tmp_path):
 
 def test_sfr_prior_is_bounded_on_a_whole_voc_image():
     """SFR on a 21x31 patch grid (a whole 336x500 image): no pairwise path tensor is built."""
-    import ovss.feedback as fb
+    import ovss.heads.feedback as fb
 
     lab = torch.randint(0, 6, (21, 31), generator=torch.Generator().manual_seed(0))
     n = 21 * 31
@@ -275,9 +277,9 @@ NAMES = {"voc21": "voc21", "context60": "context60", "coco-object": "coco_object
 @pytest.mark.parametrize("suffix", sorted(BASE_TABLE))
 @pytest.mark.parametrize("dataset", sorted(RESCLIP_TABLE))
 def test_presets_follow_the_configs(dataset, suffix):
-    from ovss.attention import AttentionRule
-    from ovss.dense import Surgery
-    from ovss.inference import CLIP_MEAN, CLIP_STD
+    from ovss.heads.attention import AttentionRule
+    from ovss.heads.dense import Surgery
+    from ovss.core.protocol import CLIP_MEAN, CLIP_STD
 
     short, crop, prob, temp, rcs, sfr = RESCLIP_TABLE[dataset]
     rule, res, ffn = BASE_TABLE[suffix]

@@ -14,13 +14,14 @@ import pytest
 import torch
 from deep_parity import GOLDEN, VOCAB, assert_labels_equal, load_golden, small_clip, spec_of
 
-from ovss.affinity import aggregate, cosine_matrix, proxy_logits, threshold
-from ovss.anomaly import lof_outliers, lof_scores, repair_tokens
-from ovss.dense import pass_context
-from ovss.inference import upsample, window_boxes
+from ovss.ops.affinity import aggregate, cosine_matrix, proxy_logits, threshold
+from ovss.ops.anomaly import lof_outliers, lof_scores, repair_tokens
+from ovss.heads.dense import pass_context
+from ovss.core.resize import upsample
+from ovss.core.protocol import window_boxes
 from ovss.methods import get_method
-from ovss.pipeline import Segmenter
-from ovss.selfcal import SelfCalibration
+from ovss.core.segmenter import Segmenter
+from ovss.heads.selfcal import SelfCalibration
 
 torch.set_num_threads(1)
 FILE = GOLDEN / "scclip_small.safetensors"
@@ -54,11 +55,13 @@ def outputs(golden, clip):
         ori = tuple(g[f"{run}.ori_shape"].tolist())
         seg = Segmenter("scclip", clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
                         overrides={"protocol.short_side": None})
-        seg.text_bank.encode = lambda spec, q=q: q
+        seg_queries = q
         with torch.no_grad():
-            low, _, x = seg.stitched_logits(image, spec)
-            logits = seg.refine(upsample(low, ori), x)
-            labels = seg._decide(low, x, ori, spec)[0]
+            state = seg.preprocess(image, size=ori)
+            low = seg.stitched_logits(state, seg_queries)
+            x = state.x
+            logits = seg.refine(upsample(low, ori), state)
+            labels = seg.decide(low, state, spec).labels
             r, p = seg.recipe, seg.recipe.protocol
             y1, y2, x1, x2 = window_boxes(h, w, p.crop, p.stride)[0]
             ctx = pass_context(seg.visual, x[:, :, y1:y2, x1:x2], r.attention, r.surgery, r.pos_resize, r.plugins, q)
@@ -97,7 +100,7 @@ def test_labels_match_reference(golden, outputs, run):
 @pytest.mark.parametrize("key", ["a", "b", "c"])
 def test_lof_equals_the_references_torch_lof(golden, key, monkeypatch):
     """lof_pytorch (clip/model.py:208-227) on random inputs: scores and outliers; chunked too."""
-    import ovss.anomaly as an
+    import ovss.ops.anomaly as an
 
     g, _ = golden
     x = g[f"lof_{key}.x"]
@@ -169,15 +172,13 @@ def test_selfcal_composes_and_handles_whole_non_square_images(clip):
     for over in ({"protocol.crop": 0}, {"attention": "qq+kk+mean", "protocol.crop": 0},
                  {"plugins": "selfcal:fuse_layers=,reach=neighbour", "refiners": "pamr:steps=2"}):
         seg = Segmenter("scclip", clip=clip, device="cpu", tokenizer=VOCAB, overrides={"protocol.short_side": None, **over})
-        seg.text_bank.encode = lambda spec: torch.nn.functional.normalize(torch.randn(3, 32), dim=-1)
-        res = seg(image, ["a", "b", "c"])
+        res = seg(image, ["a", "b", "c"], queries=torch.nn.functional.normalize(torch.randn(3, 32), dim=-1))
         assert res.labels.shape == (176, 240)
     r = get_method("naclip").resolve(None, {"plugins": "selfcal:res_cls=0.1", "attention": "kk+mean"})
     assert r.plugins == (SelfCalibration(res_cls=0.1),)
     with pytest.raises(ValueError, match="patch tokens only"):
         bad = Segmenter("scclip", clip=clip, device="cpu", tokenizer=VOCAB, overrides={"plugins": "rcs+selfcal"})
-        bad.text_bank.encode = lambda spec: torch.nn.functional.normalize(torch.randn(3, 32), dim=-1)
-        bad(image, ["a", "b", "c"])
+        bad(image, ["a", "b", "c"], queries=torch.nn.functional.normalize(torch.randn(3, 32), dim=-1))
 
 
 # ---- presets against the reference configs (SuleBai/SC-CLIP@0417ba9) --------------------------
@@ -200,9 +201,9 @@ L14_CHANGES = {"voc21": {"prob": 0.2}, "coco-object": {"scale": 40.0, "prob": 0.
 @pytest.mark.parametrize("l14", [False, True])
 @pytest.mark.parametrize("dataset", sorted(SCCLIP_TABLE))
 def test_presets_follow_the_configs(dataset, l14):
-    from ovss.attention import AttentionRule
-    from ovss.dense import Surgery
-    from ovss.inference import CLIP_MEAN, CLIP_STD
+    from ovss.heads.attention import AttentionRule
+    from ovss.heads.dense import Surgery
+    from ovss.core.protocol import CLIP_MEAN, CLIP_STD
 
     short, scale, prob, area = SCCLIP_TABLE[dataset]
     if l14:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ovss.inference import CLIP_MEAN, CLIP_STD
+from ovss.core.protocol import CLIP_MEAN, CLIP_STD
 from ovss.refine import parse_refiner
 from ovss.refine.lposs import LPOSSPlus
 
@@ -25,7 +25,7 @@ def test_matches_lposs_pixel_propagation():
     s = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     guide = (img * 255 - m) / s
     seeds = g["pixel.seeds"].reshape(20, 24, 5).permute(2, 0, 1)[None]
-    out = LPOSSPlus(stage="full")(seeds, guide)  # a float image: no rounding back to uint8
+    out = LPOSSPlus(stage="full", mean=CLIP_MEAN, std=CLIP_STD)(seeds, guide)  # a float image: no rounding back to uint8
     ref = g["pixel.lp"].reshape(20, 24, 5).permute(2, 0, 1)[None]
     # the guide is the normalised image (float32 round trip), the output float32: 2.3e-5 here
     assert (out.double() - ref).abs().max().item() < 1e-4
@@ -51,7 +51,7 @@ def _degree_as(G, order: str) -> None:
     G._maps = [G._normalised(o) for o in G.offsets]
 
 
-def test_only_the_degree_summation_order_is_left():
+def test_degree_summation_order_is_within_the_references_own_ambiguity():
     """What separates ovss's LPOSS+ from the reference: the order of a float32 sum.
 
     LPOSS builds its pixel Laplacian in float32 (weights, degrees `W.sum(axis=1)`, D^-1/2, the
@@ -63,10 +63,16 @@ def test_only_the_degree_summation_order_is_left():
     Measured with the reference code itself (make_graphs_golden.py's stand-ins, a 30x40 image,
     seeds 10 N(0, 1), outputs up to 265): reference with numpy's order vs the same reference
     with the degrees summed sequentially in float32: 5.4e-4; vs the float64 sum rounded to
-    float32: 3.2e-4; ovss vs the latter: 4.5e-13. So the reference is only defined to ~2e-6 of
-    its largest score here, and LPOSS+'s bound in tests/methods/test_lposs.py is that, not 1e-8.
+    float32: 3.2e-4; ovss vs the latter: 4.5e-13 on the CPU that made the golden. So the reference
+    is only defined to ~2e-6 of its largest score here, and LPOSS+'s bound in
+    tests/methods/test_lposs.py is that, not 1e-8.
+
+    The float32 colour weights themselves (exp, the Lab conversion) round differently on other
+    CPUs' vector kernels: on an Intel Xeon the stand-in's own order lands 2.2e-6 from the golden,
+    ovss's 4.4e-6. So every order is held to the same bound, 1e-5 (about 2x the largest measured),
+    and no order is compared at float64 round-off.
     """
-    from ovss.graphs import PixelGraph, cg_solve, lab_guide
+    from ovss.ops.graphs import PixelGraph, cg_solve, lab_guide
 
     g = load_file(str(GOLDEN))
     img, seeds, ref = g["pixel.image"][0], g["pixel.seeds"], g["pixel.lp"].double()
@@ -77,19 +83,18 @@ def test_only_the_degree_summation_order_is_left():
             _degree_as(G, order)
         diffs[order] = (cg_solve(G, seeds.double(), 0.95, 10) - ref).abs().max().item()
     print("max abs diff to the golden, by degree order:", diffs, "largest score", ref.abs().max().item())
-    assert diffs["scipy"] < 1e-10  # everything else is reproduced to float64 round-off
-    assert diffs["ovss"] < 1e-5 and diffs["sequential"] < 1e-5
+    assert max(diffs.values()) < 1e-5, diffs
 
 
 def test_network_stage_output_is_resized_in_float64():
     """LPOSS+'s scores are float64 in the reference and so is its final resize; in float32 the
     source coordinates alone (ulp 3e-5 near column 400) move scores of ~100 by ~1e-3."""
-    from ovss.inference import upsample, upsample_rows
+    from ovss.core.resize import upsample, upsample_rows
 
     g = torch.Generator().manual_seed(0)
     img = torch.rand(3, 24, 40, generator=g)
     guide = (img * 255 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
-    out = LPOSSPlus(r=5)(torch.randn(1, 3, 24, 40, generator=g) * 10, guide[None])
+    out = LPOSSPlus(r=5, mean=CLIP_MEAN, std=CLIP_STD)(torch.randn(1, 3, 24, 40, generator=g) * 10, guide[None])
     assert out.dtype == torch.float64
     x = torch.randn(4, 37, 53, generator=g, dtype=torch.float64) * 100
     ref = torch.nn.functional.interpolate(x[None], size=(200, 431), mode="bilinear", align_corners=False)[0]
@@ -106,7 +111,7 @@ def test_parse_and_stage():
 
 
 def test_naclip_refined_by_lposs_plus_from_python(tiny_clip_dir):
-    from ovss.pipeline import Segmenter
+    from ovss.core.segmenter import Segmenter
 
     img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     base = Segmenter("naclip", backbone=str(tiny_clip_dir / "model.safetensors"), device="cpu",

@@ -28,7 +28,8 @@ from .convert import (
     to_canonical,
 )
 from .hub import WeightsNotFoundError, resolve_weights
-from .pretrained import PretrainedCfg, get_pretrained, resolve_name, unknown_backbone_message
+from .pretrained import PretrainedCfg, resolve_name
+from .zoo import get_pretrained, unknown_backbone_message
 
 __all__ = [
     "LoadedClip",
@@ -207,7 +208,7 @@ def create_clip(backbone: str = "clip-vit-b16", weights: str | Path | None = Non
     key = resolve_name(backbone)
     pre = get_pretrained(key) if key is not None else None
     if pre is None and not _looks_like_path(backbone):
-        raise KeyError(unknown_backbone_message(backbone))
+        raise KeyError(unknown_backbone_message(backbone, "clip"))
     if pre is None and weights is not None:
         raise ValueError(f"backbone {backbone!r} is already a weights source; pass weights=None, or name a "
                          "registered backbone to check `weights` against its architecture")

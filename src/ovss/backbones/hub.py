@@ -30,7 +30,8 @@ import logging
 import os
 from pathlib import Path
 
-from .pretrained import TOKENIZER_FILES, PretrainedCfg, get_pretrained, resolve_name
+from .pretrained import TOKENIZER_FILES, PretrainedCfg, resolve_name
+from .zoo import get_pretrained
 
 __all__ = [
     "DEFAULT_HUB_WEIGHTS",
@@ -86,7 +87,7 @@ def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def _how_to_get(repo: str, files: tuple[str, ...], name: str | None, cache: Path, why: str) -> str:
     target = name or f"hf-hub:{repo}"
-    from .dino import resolve_dino_name
+    from .dino_pretrained import resolve_dino_name
 
     if name and resolve_dino_name(name.removeprefix("timm:")) is not None:  # a method's DINO model
         local = ("name the file where the method takes its DINO model, e.g. `--set "
@@ -181,7 +182,7 @@ def _download(repo: str, filename: str, cache: Path, offline: bool) -> str:
         raise
 
 
-def _fetch_first(repo: str, candidates: tuple[str, ...], cache: Path, name: str | None) -> Path:
+def fetch_first(repo: str, candidates: tuple[str, ...], cache: Path, name: str | None) -> Path:
     """Download the first candidate the repo has; a `.bin` is tried only if the safetensors file
     is absent from the repo (or, offline, absent from the cache)."""
     from huggingface_hub.errors import (
@@ -278,7 +279,7 @@ def _fetch_pretrained(pre: PretrainedCfg, cache: Path) -> Path:
             raise FileNotFoundError(f"{pre.name}: the shipped weights {pre.local_path} are missing; "
                                     "reinstall ovss (they are package data)")
         return pre.local_path
-    weights = _fetch_first(pre.hf_hub_id, pre.weights, cache, pre.name)
+    weights = fetch_first(pre.hf_hub_id, pre.weights, cache, pre.name)
     _fetch_optional(pre.hf_hub_id, pre.extra_files, cache)
     return weights
 
@@ -310,11 +311,11 @@ def resolve_weights(source: str | os.PathLike | PretrainedCfg, cache_dir: str | 
     if s.startswith("hf-hub:"):
         repo, filename = _parse_hf_spec(s[len("hf-hub:"):])
         if filename:
-            path = _fetch_first(repo, (filename,), cache, None)
+            path = fetch_first(repo, (filename,), cache, None)
             _fetch_optional(repo, (_config_for(filename), *TOKENIZER_FILES), cache)
             return path
         candidates = tuple(files) if files else DEFAULT_HUB_WEIGHTS
-        path = _fetch_first(repo, candidates, cache, None)
+        path = fetch_first(repo, candidates, cache, None)
         _fetch_optional(repo, (_config_for(path.name), *TOKENIZER_FILES), cache)
         return path
     p = Path(s).expanduser()
@@ -339,18 +340,18 @@ def download(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     DINO / DINOv2 names (dino-vitb8, ..., or `timm:<name>` for the timm form) work too.
     """
     if resolve_name(name) is None:
-        from .dino import DINO_PRETRAINED, resolve_dino_name
+        from .dino_pretrained import DINO_PRETRAINED, resolve_dino_name
 
         key = resolve_dino_name(name.removeprefix("timm:"))
         if key is not None:
             dino = DINO_PRETRAINED[key]
             repo = dino.timm_hub_id if name.startswith("timm:") else dino.hf_hub_id
-            return _fetch_first(repo, dino.weights, hub_cache_dir(cache_dir), name).parent
+            return fetch_first(repo, dino.weights, hub_cache_dir(cache_dir), name).parent
     pre = get_pretrained(name)
     if pre.local_path is not None:  # shipped with the package: nothing to download
         return _fetch_pretrained(pre, Path()).parent
     cache = hub_cache_dir(cache_dir)
-    weights = _fetch_first(pre.hf_hub_id, pre.weights, cache, pre.name)
+    weights = fetch_first(pre.hf_hub_id, pre.weights, cache, pre.name)
     got = _fetch_optional(pre.hf_hub_id, pre.extra_files, cache)
     missing = [f for f in pre.extra_files if not any(Path(g).name == f for g in got)]
     if missing:

@@ -27,13 +27,11 @@ How the repo ids and file names were confirmed (search of stored hub pages and s
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .configs import ARCHS
 
 __all__ = [
     "CLIP_MEAN",
@@ -41,8 +39,8 @@ __all__ = [
     "PRETRAINED",
     "TOKENIZER_FILES",
     "PretrainedCfg",
-    "get_pretrained",
     "list_backbones",
+    "norm_alias",
     "resolve_name",
 ]
 
@@ -145,7 +143,7 @@ PRETRAINED: dict[str, PretrainedCfg] = {
             description="DEMO ONLY: a 1.5M-parameter CLIP trained on ovss's synthetic scenes "
                         "(scripts/train_tiny_clip.py); meaningful on that world only, not a substitute for CLIP",
             licence="Apache-2.0 (trained by this project)", paper="",
-            aliases=("tiny", "synthetic"), package_file="assets/tiny_synthetic/tiny_clip.safetensors",
+            aliases=("tiny", "synthetic"), package_file="data/assets/tiny_synthetic/tiny_clip.safetensors",
             # trained on 96 px scenes, read whole: feed it that scale, not CLIP's 336 px windows
             recipe_overrides=(("protocol.short_side", 96), ("protocol.crop", 0)),
         ),
@@ -153,8 +151,8 @@ PRETRAINED: dict[str, PretrainedCfg] = {
 }
 
 
-def _norm(s: str) -> str:
-    """Alias key: lower case, letters and digits only ("ViT-B/16" == "vit_b_16" == "vitb16")."""
+def norm_alias(s: str) -> str:
+    """The one alias rule of every backbone family. Alias key: lower case, letters and digits only ("ViT-B/16" == "vit_b_16" == "vitb16")."""
     return re.sub(r"[^a-z0-9]", "", s.lower())
 
 
@@ -163,7 +161,7 @@ def _alias_table() -> dict[str, str]:
     table: dict[str, str] = {}
     for p in PRETRAINED.values():
         for a in (p.name, *p.aliases):
-            table.setdefault(_norm(a), p.name)
+            table.setdefault(norm_alias(a), p.name)
     return table
 
 
@@ -171,38 +169,9 @@ def resolve_name(name: str) -> str | None:
     """Registered name for `name` or one of its aliases; None when it is not a known backbone."""
     if name in PRETRAINED:
         return name
-    return _alias_table().get(_norm(name))
-
-
-def get_pretrained(name: str) -> PretrainedCfg:
-    """The registry entry for a name or alias.
-
-    Raises:
-        KeyError: unknown name; the message lists close matches first, then every valid name.
-    """
-    key = resolve_name(name)
-    if key is None:
-        raise KeyError(unknown_backbone_message(name))
-    cfg = PRETRAINED[key]
-    if cfg.arch not in ARCHS and cfg.package_file is None:
-        raise KeyError(f"backbone {key!r} names architecture {cfg.arch!r}, not in configs.ARCHS")
-    return cfg
-
-
-def unknown_backbone_message(name: str) -> str:
-    names = sorted(PRETRAINED)
-    candidates = {**{n: n for n in names}, **{a: p.name for p in PRETRAINED.values() for a in p.aliases}}
-    close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
-    close_names = list(dict.fromkeys(candidates[c] for c in close))
-    hint = f" Did you mean: {', '.join(close_names)}?" if close_names else ""
-    if "/" in name and not name.startswith(("hf-hub:", "local-dir:")):
-        hint += f" For a Hugging Face repo write 'hf-hub:{name}'."
-    return (
-        f"unknown backbone {name!r}.{hint} Valid names: {', '.join(names)}. A weights file or folder "
-        "path, 'local-dir:/path' or 'hf-hub:org/repo' also works."
-    )
+    return _alias_table().get(norm_alias(name))
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
-    """Registered backbone names matching a shell-style pattern (e.g. "clip-*", "*h14*")."""
+    """Registered CLIP backbone names (every family: `zoo.list_backbones`) matching a shell-style pattern (e.g. "clip-*", "*h14*")."""
     return sorted(n for n in PRETRAINED if fnmatch.fnmatch(n, pattern))

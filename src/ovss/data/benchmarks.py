@@ -42,7 +42,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 from PIL import Image
 
-from .._registry import Registry
+from ..core.registry import Registry
 
 __all__ = [
     "ADE20K",
@@ -170,8 +170,8 @@ class SegDataset:
         return iter(self.samples)
 
     def load_image(self, i: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB (`ovss.io.read_image`)."""
-        from ..io import read_image
+        """(H, W, 3) uint8 RGB (`ovss.data.io.read_image`)."""
+        from .io import read_image
 
         return read_image(self[i].image_path)
 
@@ -410,7 +410,7 @@ class FolderSegDataset(SegDataset):
                          self._palette(self.folder.class_names), split=split)
 
     def _palette(self, class_names: list[str]) -> np.ndarray:
-        from ..viz import palette_for
+        from ..core.viz import palette_for
 
         return palette_for(class_names)
 

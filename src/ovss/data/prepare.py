@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..io import atomic_write
 from .benchmarks import _read_meta, read_label
+from .io import atomic_write
 
 __all__ = [
     "PrepareReport",

@@ -398,7 +398,7 @@ def save_mask_png(mask: np.ndarray, path: str | Path) -> None:
 
 def _atomic_save(im: Image.Image, path: Path) -> None:
     """An interrupted run never leaves a half file that a re-run would skip."""
-    from ..io import atomic_write
+    from .io import atomic_write
 
     atomic_write(path, lambda f: im.save(f, format="PNG"))
 

@@ -1,6 +1,19 @@
 """Registered methods, one file per paper. Importing this package registers them all."""
 
-from . import cass, clearclip, cliptrase, dense_clip, lposs, maskclip, naclip, proxyclip, resclip, scclip, sclip  # noqa: F401  (registration side effects)
-from .base import METHODS, MethodSpec, Preset, Recipe, get_method, list_methods, register_method
+from ..core.recipe import MethodSpec, Preset, Recipe, get_method, list_methods, register_method
+from ..core.registry import METHODS
+from . import (  # noqa: F401  (registration side effects)
+    cass,
+    clearclip,
+    cliptrase,
+    dense_clip,
+    lposs,
+    maskclip,
+    naclip,
+    proxyclip,
+    resclip,
+    scclip,
+    sclip,
+)
 
 __all__ = ["METHODS", "MethodSpec", "Preset", "Recipe", "get_method", "list_methods", "register_method"]

@@ -30,10 +30,11 @@ whenever a crop has exactly 196 patches (transformer.py:510), even for a non-squ
 7x28; ovss interpolates those. No preset produces such a crop (the short side is 448).
 """
 
-from ..attention import AttentionRule
-from ..dense import Surgery
-from ..inference import CLIP_MEAN, CLIP_STD, Decision, Protocol
-from .base import MethodSpec, Preset, Recipe, register_method
+from ..core.decision import Decision
+from ..core.protocol import CLIP_MEAN, CLIP_STD, Protocol
+from ..core.recipe import MethodSpec, Preset, Recipe, register_method
+from ..heads.attention import AttentionRule
+from ..heads.dense import Surgery
 
 _SEG = "ClearCLIP clearclip_segmentor.py:{}"
 _CFG = "ClearCLIP configs/cfg_{}.py:{}"
@@ -101,7 +102,8 @@ register_method(MethodSpec(
     recipe=Recipe(
         attention=AttentionRule(("qq",)),
         surgery=Surgery(residual=False, ffn=False),
-        protocol=Protocol(short_side=448, long_cap=2048, crop=448, stride=224, pad_to_patch=True),
+        protocol=Protocol(short_side=448, long_cap=2048, crop=448, stride=224, pad_to_patch=True,
+                          mean=CLIP_MEAN, std=CLIP_STD),
         decision=Decision(logit_scale=50.0, prob_thd=0.0, area_thd=None),
         templates="imagenet80",
         pos_resize="scale_factor",

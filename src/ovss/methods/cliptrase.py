@@ -18,7 +18,7 @@ standalone evaluation `clip_self_correlation.py` (the paper's and README's numbe
 Presets:
 - `repo-224`, `repo-336`: its own protocol's model side: short side 224 / 336, one pass, DBSCAN
   (0.7, 3) / (1.1, 7) (clip_self_correlation.py:233-234), and its evaluation protocol for
-  `ovss eval` (`Preset.eval_protocol = "cliptrase"`, ovss.evaluate: bicubic resize and square
+  `ovss eval` (`Preset.eval_protocol = "cliptrase"`, ovss.eval.runner: bicubic resize and square
   center crop of image and ground truth, lines 38-56; ground-truth 255 scored as background,
   lines 164-166; an image with no ground truth left is skipped, lines 132-141; one confusion
   matrix over the dataset, mIoU over the classes present in the ground truth with +0.01
@@ -30,7 +30,7 @@ Presets:
   ADE150): the same plus its class lists (configs/dataset_cfg.py, shipped under
   data/classnames/cliptrase/: VOC21's 33 background words, COCO-Object's 107, PC60's
   "background"; background queries form class 0 here, its label C there) and, for voc20, the
-  class-token prior its VOC20 run applies (lines 159-161; ovss.cls_prior). Its numbers are not
+  class-token prior its VOC20 run applies (lines 159-161; ovss.heads.cls_prior). Its numbers are not
   comparable to the other methods' (center crop only, void as background, GT-present mean).
 - `<benchmark>`: the standard protocol (SCLIP's test pipeline for that benchmark: resize, 224/112
   windows, logit scale and thresholds, class files; sources cite SCLIP's configs), with
@@ -43,12 +43,13 @@ image_size x image_size); ovss handles any size. Ties in a cluster's vote go to 
 label in both, but CLIPtrase numbers the background class last (C) where ovss numbers it 0.
 """
 
-from ..attention import AttentionRule
-from ..cls_prior import ClsPrior
-from ..dense import Surgery, plugin_spec
-from ..inference import Decision, Protocol
+from ..core.decision import Decision
+from ..core.protocol import Protocol
+from ..core.recipe import MethodSpec, Preset, Recipe, plugin_spec, register_method
+from ..heads.attention import AttentionRule
+from ..heads.cls_prior import ClsPrior
+from ..heads.dense import Surgery
 from ..refine.cluster import Cluster
-from .base import MethodSpec, Preset, Recipe, register_method
 from .sclip import PRESETS as SCLIP_PRESETS
 
 COMMIT = "2b7de612e5745ccaf9f7c57ee5ba83d526062f0c"

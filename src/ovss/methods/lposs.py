@@ -29,7 +29,7 @@ Class lists: LPOSS's own (its dataset classes' CLASSES, shipped as data/classnam
 and COCO-Object class 0 are its stuff words, Context-60's the word "background"; no thresholds.
 LPOSS evaluates on these 8 benchmarks only (configs/lposs.yaml:27-35 `evaluate.task`), not ADE20K-847.
 
-Precision, as the reference (see ovss.graphs): both Laplacians are built in float32 (degrees,
+Precision, as the reference (see ovss.ops.graphs): both Laplacians are built in float32 (degrees,
 D^-1/2, products, alpha * W) and solved in float64; the patch scores stay float64 until the
 windows are added into the float32 canvas; LPOSS+'s float64 scores are resized to the original
 size in float64 (`inference.upsample`). Input: the 0-1 image normalised with OpenAI's 0-1
@@ -44,100 +44,13 @@ tests/refine/test_lposs_plus.py shows what that order is worth).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
-
-from ..attention import AttentionRule
-from ..dense import PLUGINS, Surgery, dense_embeddings
-from ..graphs import lposs_patch_graph, normalize, patch_centres, propagate
-from ..inference import Decision, Protocol, window_boxes
+from ..core.decision import Decision
+from ..core.protocol import Protocol
+from ..core.recipe import MethodSpec, Preset, Recipe, register_method
+from ..heads.attention import AttentionRule
+from ..heads.dense import Surgery
+from ..heads.lposs import OPENAI_MEAN, OPENAI_STD, LPOSSHead
 from ..refine.lposs import LPOSSPlus
-from .base import MethodSpec, Preset, Recipe, register_method
-from .proxyclip import get_vfm
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-# OpenAI's 0-1 mean/std (models/maskclip/maskclip.py:21), on the 0-255 scale. Not CLIP_MEAN /
-# CLIP_STD: those are the mmseg configs' rounded constants (122.771 vs 122.77094), 5e-6 apart.
-_OPENAI_MEAN = tuple(255 * v for v in (0.48145466, 0.4578275, 0.40821073))
-_OPENAI_STD = tuple(255 * v for v in (0.26862954, 0.26130258, 0.27577711))
-
-
-@dataclass(frozen=True)
-class LPOSSHead:
-    """LPOSS's patch-level stage over all windows of an image (see the module docstring).
-
-    vfm: graph model (DINO registry name or a `proxyclip.register_vfm` name); feature: its last
-    block's "q" | "k" | "v" or "tokens"; k, gamma, sigma, eta: the graph; alpha, maxiter,
-    solver: the propagation (`graphs.propagate`).
-    """
-
-    vfm: str = "dino-vitb16"
-    feature: str = "v"
-    k: int = 400
-    gamma: float = 3.0
-    sigma: float = 0.01
-    eta: float = 1.0
-    alpha: float = 0.95
-    maxiter: int = 10
-    solver: str = "cg"
-
-    def joint_slide(self, seg, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) normalised input, (Q, C) unit queries -> (Q, H, W) propagated scores."""
-        from ..backbones.dino import dino_features
-
-        r, p = seg.recipe, seg.recipe.protocol
-        _, _, H, W = x.shape
-        boxes = window_boxes(H, W, p.crop, p.stride)
-        vfm = get_vfm(self.vfm, x.device)
-        mean = torch.tensor(p.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(p.std, device=x.device).view(1, 3, 1, 1)
-        im = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        ist = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        # the protocol's mean/std on the 0-1 scale (OpenAI's constants for the presets)
-        m01 = (torch.tensor(p.mean, dtype=torch.float64) / 255).float().to(x.device).view(1, 3, 1, 1)
-        s01 = (torch.tensor(p.std, dtype=torch.float64) / 255).float().to(x.device).view(1, 3, 1, 1)
-        clip_f, dino_f, grids = [], [], []
-        nb = max(p.window_batch, 1)
-        for s in range(0, len(boxes), nb):
-            crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes[s:s + nb]])
-            # both inputs as there: the 0-1 image normalised with 0-1 constants
-            # (models/maskclip/maskclip.py:21, 125; models/lposs/lposs.py:10, 87); the crops are a
-            # uint8 image normalised, so rounding recovers it exactly
-            rgb01 = (crops * std + mean).round() / 255.0
-            feats, (h, w) = dense_embeddings(seg.visual, (rgb01 - m01) / s01, r.attention, r.surgery, r.pos_resize)
-            d = dino_features(vfm, (rgb01 - im) / ist, kind=self.feature)
-            hd, wd = d.shape[-2:]
-            c = feats.transpose(1, 2).reshape(feats.shape[0], -1, h, w)
-            if (h, w) != (hd, wd):
-                c = F.interpolate(c, size=(hd, wd), mode="bilinear", align_corners=False)
-            clip_f.append(c.flatten(2).transpose(1, 2).reshape(-1, c.shape[1]))
-            dino_f.append(d.flatten(2).transpose(1, 2).reshape(-1, d.shape[1]))
-            grids += [(hd, wd)] * crops.shape[0]
-        clip_f = F.normalize(torch.cat(clip_f), dim=-1)
-        dino_f = F.normalize(torch.cat(dino_f), dim=-1)
-        seeds = clip_f @ queries.to(clip_f.dtype).T
-        offsets = torch.tensor([[b[0], b[2]] for b in boxes], dtype=torch.float32, device=x.device)
-        centres = patch_centres(grids, offsets, vfm.patch_size)
-        graph = normalize(lposs_patch_graph(dino_f, centres, self.k, self.gamma, self.sigma, self.eta))
-        # float64 seeds -> float64 scores, as there (perform_lp fills a float64 array); each window
-        # is resized in float64 and added into the float32 canvas (lposs_eval.py:312-341)
-        z = propagate(graph, seeds.double(), self.alpha, self.solver, self.maxiter)
-        canvas = torch.zeros(z.shape[1], H, W, device=x.device, dtype=seeds.dtype)
-        count = torch.zeros(1, H, W, device=x.device, dtype=seeds.dtype)
-        start = 0
-        for (y1, y2, x1, x2), (hd, wd) in zip(boxes, grids):
-            blk = z[start:start + hd * wd].T.reshape(1, -1, hd, wd)
-            start += hd * wd
-            canvas[:, y1:y2, x1:x2] += F.interpolate(blk, size=(y2 - y1, x2 - x1), mode="bilinear",
-                                                    align_corners=False)[0]
-            count[:, y1:y2, x1:x2] += 1
-        return canvas / count
-
-
-PLUGINS.register("lposs", LPOSSHead)
 
 _EVAL = "LPOSS segmentation/evaluation/lposs_eval.py:{}"
 _DS = "LPOSS segmentation/configs/_base_/datasets/{}.py:{}"
@@ -178,8 +91,8 @@ def _preset(name: str, plus: bool) -> Preset:
         "protocol.long_cap": (2048, _DS.format(ds, scale_line)),
         "protocol.crop": (224, _DS.format(ds, cfg_line) + " crop_size=(224, 224)"),
         "protocol.stride": (112, _DS.format(ds, cfg_line) + " stride=(112, 112)"),
-        "protocol.mean": (_OPENAI_MEAN, "LPOSS models/maskclip/maskclip.py:21 (OPENAI_NORMALIZE on 0-1 input) x 255"),
-        "protocol.std": (_OPENAI_STD, "LPOSS models/maskclip/maskclip.py:21 (OPENAI_NORMALIZE on 0-1 input) x 255"),
+        "protocol.mean": (OPENAI_MEAN, "LPOSS models/maskclip/maskclip.py:21 (OPENAI_NORMALIZE on 0-1 input) x 255"),
+        "protocol.std": (OPENAI_STD, "LPOSS models/maskclip/maskclip.py:21 (OPENAI_NORMALIZE on 0-1 input) x 255"),
         "plugins": ("lposs:vfm=dino-vitb16,feature=v,k=400,gamma=3.0,sigma=0.01,eta=1.0,alpha=0.95,maxiter=10",
                     _CFG_LP + " (k, gamma, sigma, pix_dist_pow, alpha, enc_type_feats); " + _EVAL.format("89-103")),
         "refiners": ("lposs_plus:alpha=0.95,tau=0.01,r=13,maxiter=10" if plus else "",
@@ -199,12 +112,12 @@ def _spec(name: str, plus: bool) -> MethodSpec:
         recipe=Recipe(
             attention=AttentionRule(("id",)),
             surgery=Surgery(residual=True, ffn=True),
-            protocol=Protocol(short_side=448, long_cap=2048, crop=224, stride=112, mean=_OPENAI_MEAN, std=_OPENAI_STD),
+            protocol=Protocol(short_side=448, long_cap=2048, crop=224, stride=112, mean=OPENAI_MEAN, std=OPENAI_STD),
             decision=Decision(logit_scale=1.0, prob_thd=0.0, area_thd=None),
             templates="imagenet80",
             pos_resize="size",
             plugins=(LPOSSHead(),),
-            refiners=(LPOSSPlus(mean=_OPENAI_MEAN, std=_OPENAI_STD),) if plus else (),
+            refiners=(LPOSSPlus(mean=OPENAI_MEAN, std=OPENAI_STD),) if plus else (),
         ),
         summary=("MaskCLIP seeds propagated on a DINO kNN graph over all windows jointly (CG, 10 steps)"
                  + ("; then pixel-level propagation on a Lab colour graph (13x13 windows)" if plus else "")),

@@ -18,10 +18,11 @@ weights conversion, available as `ovss.load(..., act="gelu")`, and the corner pa
 reproduced (the patch conv drops the remainder instead).
 """
 
-from ..attention import AttentionRule
-from ..dense import Surgery
-from ..inference import IMAGENET_MEAN, IMAGENET_STD, Decision, Protocol
-from .base import MethodSpec, Preset, Recipe, register_method
+from ..core.decision import Decision
+from ..core.protocol import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Protocol
+from ..core.recipe import MethodSpec, Preset, Recipe, register_method
+from ..heads.attention import AttentionRule
+from ..heads.dense import Surgery
 
 _OFFICIAL = {
     "protocol.crop": 0,
@@ -51,7 +52,8 @@ register_method(MethodSpec(
     recipe=Recipe(
         attention=AttentionRule(("id",)),
         surgery=Surgery(residual=True, ffn=True),
-        protocol=Protocol(short_side=336, crop=224, stride=112),
+        protocol=Protocol(short_side=336, crop=224, stride=112,
+                          mean=CLIP_MEAN, std=CLIP_STD),
         decision=Decision(logit_scale=40.0),
     ),
     summary="identity attention in the last block (value path), residual and FFN kept",

@@ -35,11 +35,12 @@ Not reproduced: fp16 (clip.load on GPU), cv2's fixed-point uint8 resize; PAMR's 
 fallback (the reference skips PAMR when it fails, naclip.py:131-135).
 """
 
-from ..attention import AttentionRule
-from ..dense import Surgery
-from ..inference import CLIP_MEAN, CLIP_STD, Decision, Protocol
+from ..core.decision import Decision
+from ..core.protocol import CLIP_MEAN, CLIP_STD, Protocol
+from ..core.recipe import MethodSpec, Preset, Recipe, register_method
+from ..heads.attention import AttentionRule
+from ..heads.dense import Surgery
 from ..refine import parse_refiner
-from .base import MethodSpec, Preset, Recipe, register_method
 
 _SEG = "NACLIP naclip.py:{}"
 _CFG = "NACLIP configs/cfg_{}.py:{}"
@@ -146,7 +147,8 @@ register_method(MethodSpec(
     recipe=Recipe(
         attention=AttentionRule(("kk",), prior="gaussian", prior_std=5.0),
         surgery=Surgery(residual=False, ffn=False),
-        protocol=Protocol(short_side=336, long_cap=2048, crop=224, stride=112, pad_to_patch=False),
+        protocol=Protocol(short_side=336, long_cap=2048, crop=224, stride=112, pad_to_patch=False,
+                          mean=CLIP_MEAN, std=CLIP_STD),
         decision=Decision(logit_scale=40.0, prob_thd=0.0, area_thd=None),
         templates="imagenet80",
         pos_resize="scale_factor",

@@ -31,93 +31,12 @@ ported (lines 45-49, 60-72 of the segmentor).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
-
-from ..attention import AttentionRule, Mix, attention_weights
-from ..dense import PLUGINS, Surgery
-from ..inference import CLIP_MEAN, CLIP_STD, Decision, Protocol
-from .base import MethodSpec, Preset, Recipe, register_method
-
-# the proxy models, by name: loaded on first use (create_dino) or put here by `register_vfm`
-_VFMS: dict[str, torch.nn.Module] = {}
-_UNNORM_MEAN = (0.48145466, 0.4578275, 0.40821073)  # myutils.UnNormalize as the segmentor builds it
-_UNNORM_STD = (0.26862954, 0.26130258, 0.27577711)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def register_vfm(name: str, model: torch.nn.Module) -> None:
-    """Use `model` (a DINO-layout `VisionTransformer`) whenever a recipe names proxy `name`."""
-    _VFMS[name] = model.eval()
-
-
-def get_vfm(name: str, device: torch.device | str) -> torch.nn.Module:
-    if name not in _VFMS:
-        from ..backbones.dino import create_dino
-
-        _VFMS[name] = create_dino(name).model
-    return _VFMS[name].to(device)
-
-
-def proxy_input(crops: torch.Tensor) -> torch.Tensor:
-    """CLIP-normalised crops -> the proxy's input (ProxyCLIP: un-normalise, ImageNet-normalise)."""
-    dev, dt = crops.device, crops.dtype
-    m, s = (torch.tensor(v, device=dev, dtype=dt).view(1, 3, 1, 1) for v in (_UNNORM_MEAN, _UNNORM_STD))
-    im, ist = (torch.tensor(v, device=dev, dtype=dt).view(1, 3, 1, 1) for v in (_IMAGENET_MEAN, _IMAGENET_STD))
-    return (crops * s + m - im) / ist
-
-
-def proxy_affinity(feats: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    """(B, C, H, W) proxy features -> (B, H*W, H*W) attention logits: cosine, shifted by beta
-    times its mean (per image), scaled by gamma, negatives -> -inf."""
-    f = F.normalize(feats.flatten(2), dim=1)
-    sim = torch.einsum("bcm,bcn->bmn", f, f)
-    sim = (sim - sim.mean(dim=(1, 2), keepdim=True) * beta) * gamma
-    return sim.masked_fill(sim < 0, float("-inf"))
-
-
-@dataclass(frozen=True)
-class ProxyHead:
-    """ProxyCLIP's last block as a head plug-in (replaces the readout).
-
-    vfm: proxy model name (`backbones.dino` registry name, or one given to `register_vfm`).
-    beta, gamma: the affinity's shift and scale.
-    layer: proxy block whose normalised tokens are the features (-1: the last, as ProxyCLIP).
-    """
-
-    vfm: str = "dino-vitb8"
-    beta: float = 1.2
-    gamma: float = 3.0
-    layer: int = -1
-
-    def readout(self, ctx, mixes) -> torch.Tensor:
-        from ..backbones.dino import dino_features
-
-        if mixes:
-            raise ValueError("the ProxyCLIP head takes no other attention mixes")
-        vfm = get_vfm(self.vfm, ctx.images.device)
-        feats = dino_features(vfm, proxy_input(ctx.images).to(next(vfm.parameters()).dtype), layer=self.layer)
-        b, _, H, W = feats.shape
-        visual = ctx.visual
-        block = visual.blocks[-1]
-        x = ctx.out.tokens
-        _, _, v = block.attn.qkv(block.ln_1(x))  # (B, heads, 1 + h*w, d_h)
-        h, w = ctx.grid
-        nh, dh = v.shape[1], v.shape[-1]
-        v = v[:, :, 1:].reshape(b * nh, h, w, dh).permute(0, 3, 1, 2)
-        v = F.interpolate(v, size=(H, W), mode="bilinear", align_corners=False)
-        v = v.permute(0, 2, 3, 1).reshape(b, nh, H * W, dh)
-        aff = proxy_affinity(feats.to(v.dtype), self.beta, self.gamma)[:, None]
-        attn = attention_weights(v, v, AttentionRule(()), (H, W), [Mix(aff, "term")])
-        y = block.attn.merge(attn @ v)
-        ctx.cache["readout_grid"] = (H, W)
-        return F.normalize(visual.project(y), dim=-1)
-
-
-PLUGINS.register("proxy", ProxyHead)
+from ..core.decision import Decision
+from ..core.protocol import CLIP_MEAN, CLIP_STD, Protocol
+from ..core.recipe import MethodSpec, Preset, Recipe, register_method
+from ..heads.attention import AttentionRule
+from ..heads.dense import Surgery
+from ..heads.proxy import ProxyHead
 
 _SEG = "ProxyCLIP proxyclip_segmentor.py:{}"
 _CFG = "ProxyCLIP configs/cfg_{}.py:{}"
@@ -190,7 +109,7 @@ register_method(MethodSpec(
         attention=AttentionRule(()),
         surgery=Surgery(residual=False, ffn=False),
         protocol=Protocol(short_side=336, long_cap=2048, crop=336, stride=112, pad_to_patch=True,
-                          pad_multiple=56),
+                          pad_multiple=56, mean=CLIP_MEAN, std=CLIP_STD),
         decision=Decision(logit_scale=40.0, prob_thd=0.0, area_thd=None),
         templates="imagenet80",
         pos_resize="scale_factor",

@@ -1,6 +1,6 @@
 """ResCLIP (Yang, Deng, Li, Duan, CVPR 2025): residual cross-correlation + semantic feedback.
 
-Two head plug-ins on an SCSA last block (ovss.rcs.RCS, ovss.feedback.SFR), usable on any
+Two head plug-ins on an SCSA last block (ovss.heads.rcs.RCS, ovss.heads.feedback.SFR), usable on any
 recipe (`--set plugins=rcs+sfr`). Default recipe = yvhangyang/ResCLIP at commit
 0e085f7f52f06098b383599e9653cd28cc665a8c with the README's main setting
 `bash test_all.sh wo_resi resclip 5` (NACLIP + ResCLIP, the repo's default and headline):
@@ -21,7 +21,7 @@ Decision (postprocess_result, lines 164-194): as NACLIP's (x 40, softmax over qu
 synonyms, argmax, prob_thd -> 0; the renormalisation only touches the stored scores).
 
 Quirks of the code reproduced by the benchmark presets (they change numbers; the paper does not
-describe them), each named in `ovss.feedback`: PAMR inside SFR; the line-of-sight test (not
+describe them), each named in `ovss.heads.feedback`: PAMR inside SFR; the line-of-sight test (not
 connected components) that samples only the first steps(i, j) / max_steps of each segment; the
 1-D smoothing along raster order; the float16 cast of the prior. The `*-fixed` presets keep PAMR
 (a design choice, not a bug) and fix the three others: the whole segment is checked, the
@@ -52,12 +52,13 @@ prior's float16 rounding is reproduced); PAMR's silent skip on RuntimeError; cv2
 resize.
 """
 
-from ..attention import AttentionRule
-from ..dense import Surgery, plugin_spec
-from ..feedback import SFR
-from ..inference import CLIP_MEAN, CLIP_STD, Decision, Protocol
-from ..rcs import RCS
-from .base import MethodSpec, Preset, Recipe, register_method
+from ..core.decision import Decision
+from ..core.protocol import CLIP_MEAN, CLIP_STD, Protocol
+from ..core.recipe import MethodSpec, Preset, Recipe, plugin_spec, register_method
+from ..heads.attention import AttentionRule
+from ..heads.dense import Surgery
+from ..heads.feedback import SFR
+from ..heads.rcs import RCS
 
 COMMIT = "0e085f7f52f06098b383599e9653cd28cc665a8c"
 _SEG = "ResCLIP resclip_segmentor.py:{}"
@@ -186,7 +187,8 @@ register_method(MethodSpec(
     recipe=Recipe(
         attention=NACLIP_RULE,
         surgery=Surgery(residual=False, ffn=False),
-        protocol=Protocol(short_side=336, long_cap=2048, crop=224, stride=112, pad_to_patch=False),
+        protocol=Protocol(short_side=336, long_cap=2048, crop=224, stride=112, pad_to_patch=False,
+                          mean=CLIP_MEAN, std=CLIP_STD),
         decision=Decision(logit_scale=40.0, prob_thd=0.0, area_thd=None),
         templates="imagenet80",
         pos_resize="scale_factor",

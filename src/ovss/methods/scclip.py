@@ -2,8 +2,8 @@
 
 Default recipe = SuleBai/SC-CLIP at commit 0417ba92851e9dd7432d608f10a0804d01a23062 (ViT-B/16
 settings, configs/base_config.py:1-9 and the segmentor's defaults, scclip_segmentor.py:19-22):
-- the `selfcal` head plug-in (ovss.selfcal.SelfCalibration; pieces in ovss.anomaly and
-  ovss.affinity): LOF (30 neighbours, 5 %) on the layer-11 patch tokens and their 3x3
+- the `selfcal` head plug-in (ovss.heads.selfcal.SelfCalibration; pieces in ovss.ops.anomaly and
+  ovss.ops.affinity): LOF (30 neighbours, 5 %) on the layer-11 patch tokens and their 3x3
   neighbour-mean repair; layer-9 cosine similarity (repaired tokens) to aggregate the deep
   features (entries < 0.4 dropped) and as an attention term softmax(3 (S - mean S), negatives
   masked); the last block without residual and FFN, attention = (that term + softmax(s K K^T)) / 2
@@ -31,17 +31,18 @@ Code vs paper:
 - The first public code (74471da) picked the 10 largest-norm tokens instead of LOF; the LOF
   version (0417ba9) is the one reproduced.
 Other notes: the reference assumes batch 1 and square windows (outlier positions computed with
-the row count for both axes; see ovss.selfcal); ovss batches windows and handles any grid, so
+the row count for both axes; see ovss.heads.selfcal); ovss batches windows and handles any grid, so
 `protocol.crop=0` on a non-square image is well defined here (the reference would mis-place or
 fail). Not reproduced: fp16 inference (clip.load on GPU; ovss runs float32); cv2's fixed-point
 resize.
 """
 
-from ..attention import AttentionRule
-from ..dense import Surgery, plugin_spec
-from ..inference import CLIP_MEAN, CLIP_STD, Decision, Protocol
-from ..selfcal import SelfCalibration
-from .base import MethodSpec, Preset, Recipe, register_method
+from ..core.decision import Decision
+from ..core.protocol import CLIP_MEAN, CLIP_STD, Protocol
+from ..core.recipe import MethodSpec, Preset, Recipe, plugin_spec, register_method
+from ..heads.attention import AttentionRule
+from ..heads.dense import Surgery
+from ..heads.selfcal import SelfCalibration
 
 COMMIT = "0417ba92851e9dd7432d608f10a0804d01a23062"
 INIT = "74471da714dad9f565558a4501b0db7199fd0bf9"
@@ -127,7 +128,8 @@ register_method(MethodSpec(
     recipe=Recipe(
         attention=RULE,
         surgery=Surgery(residual=False, ffn=False),
-        protocol=Protocol(short_side=336, long_cap=2048, crop=224, stride=112, pad_to_patch=False),
+        protocol=Protocol(short_side=336, long_cap=2048, crop=224, stride=112, pad_to_patch=False,
+                          mean=CLIP_MEAN, std=CLIP_STD),
         decision=Decision(logit_scale=40.0, prob_thd=0.0, area_thd=None),
         templates="imagenet80",
         pos_resize="scale_factor",

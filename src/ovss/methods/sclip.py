@@ -24,10 +24,11 @@ The reference's whole-image path (slide_crop=0, unused by its configs) resizes t
 straight to the original size in one step, where ovss resizes to the input size first.
 """
 
-from ..attention import AttentionRule
-from ..dense import Surgery
-from ..inference import CLIP_MEAN, CLIP_STD, Decision, Protocol
-from .base import MethodSpec, Preset, Recipe, register_method
+from ..core.decision import Decision
+from ..core.protocol import CLIP_MEAN, CLIP_STD, Protocol
+from ..core.recipe import MethodSpec, Preset, Recipe, register_method
+from ..heads.attention import AttentionRule
+from ..heads.dense import Surgery
 
 _SEG = "SCLIP clip_segmentor.py:{}"
 _CFG = "SCLIP configs/cfg_{}.py:{}"
@@ -92,7 +93,8 @@ register_method(MethodSpec(
     recipe=Recipe(
         attention=AttentionRule(("qq", "kk")),
         surgery=Surgery(residual=True, ffn=True),
-        protocol=Protocol(short_side=336, long_cap=2048, crop=224, stride=112, pad_to_patch=False),
+        protocol=Protocol(short_side=336, long_cap=2048, crop=224, stride=112, pad_to_patch=False,
+                          mean=CLIP_MEAN, std=CLIP_STD),
         decision=Decision(logit_scale=40.0, prob_thd=0.0, area_thd=None),
         templates="imagenet80",
         pos_resize="scale_factor",

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import REFINERS
+from ..core.registry import REFINERS
 
 
 def dbscan(x: torch.Tensor, eps: float, min_samples: int) -> torch.Tensor:
@@ -135,6 +135,7 @@ def mean_vote(logits: torch.Tensor, regions: torch.Tensor, n_regions: int) -> to
     return (sums / cnt)[:, r].reshape_as(logits)
 
 
+@REFINERS.register("cluster")
 @dataclass(frozen=True)
 class Cluster:
     """DBSCAN clustering of patch self-correlations, then one class per cluster region.
@@ -158,14 +159,14 @@ class Cluster:
         if self.vote not in ("majority", "mean"):
             raise ValueError(f"unknown vote {self.vote!r}; choose 'majority' or 'mean'")
 
-    def taps(self) -> dict:
+    def taps(self, n_blocks: int | None = None) -> dict:
         from ..backbones.vit import Tap
 
         return {f"qkv:{self.layer}": Tap("qkv", (self.layer,))}
 
     def regions(self, context, size: tuple[int, int]):
         """(DBSCAN labels, region map at `size`) for the context's image, or None."""
-        from ..affinity import self_correlation
+        from ..ops.affinity import self_correlation
 
         values, grid = context.tap_values(self.taps())
         q, k, v = next(iter(values[f"qkv:{self.layer}"].values()))
@@ -185,6 +186,3 @@ class Cluster:
         if self.vote == "mean":
             return mean_vote(logits[0], regions, n)[None]
         return majority_vote(logits[0], regions, context.query_to_class, n)[None]
-
-
-REFINERS.register("cluster", Cluster)

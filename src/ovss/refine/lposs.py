@@ -26,18 +26,20 @@ from dataclasses import dataclass
 
 import torch
 
-from ..graphs import PixelGraph, lab_guide, propagate
-from ..inference import CLIP_MEAN, CLIP_STD
-from . import REFINERS
+from ..core.registry import REFINERS
+from ..ops.graphs import PixelGraph, lab_guide, propagate
 
 
+@REFINERS.register("lposs_plus")
 @dataclass(frozen=True)
 class LPOSSPlus:
     """Pixel label propagation on a Lab colour graph of the guide image.
 
     alpha, tau, r: propagation weight, colour kernel width, window side (odd).
     maxiter: CG steps (10 as LPOSS); solver: "cg" | "exact" | "chebyshev".
-    mean, std: the normalisation the guide carries (0-255 scale), undone to get RGB in [0, 1].
+    mean, std: the normalisation the guide carries (0-255 scale), undone to get RGB in [0, 1];
+        None (the default): the image's own, from the Segmenter (so the refiner composes onto
+        any preset, CLIP- or ImageNet-normalised).
     stage: "network" (LPOSS's place: before the resize to the original size) or "full".
     """
 
@@ -46,35 +48,39 @@ class LPOSSPlus:
     r: int = 13
     maxiter: int = 10
     solver: str = "cg"
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     stage: str = "network"
 
     def __post_init__(self):
         if self.stage not in ("network", "full"):
             raise ValueError(f"unknown LPOSS+ stage {self.stage!r}; expected 'network' or 'full'")
 
-    def rgb(self, guide: torch.Tensor) -> torch.Tensor:
+    needs_context = True  # for the image's normalisation when mean/std are not set
+
+    def rgb(self, guide: torch.Tensor, mean=None, std=None) -> torch.Tensor:
         """The guide back to RGB in [0, 1]. At the network stage the guide is the network input,
         a uint8 image normalised, so the 0-255 values are rounded back to those integers (the
         colour kernel exp(-d / 0.01) would magnify the float round trip)."""
-        m = torch.tensor(self.mean, dtype=torch.float64, device=guide.device).view(-1, 1, 1)
-        s = torch.tensor(self.std, dtype=torch.float64, device=guide.device).view(-1, 1, 1)
+        mean = self.mean if self.mean is not None else mean
+        std = self.std if self.std is not None else std
+        if mean is None or std is None:
+            raise ValueError("LPOSS+ needs the guide's normalisation: run it through a Segmenter or set mean/std")
+        m = torch.tensor(mean, dtype=torch.float64, device=guide.device).view(-1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float64, device=guide.device).view(-1, 1, 1)
         v = guide.double() * s + m
         if self.stage == "network":
             v = v.round()
         return (v / 255.0).to(guide.dtype)
 
     @torch.no_grad()
-    def __call__(self, logits: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, guide: torch.Tensor, context=None) -> torch.Tensor:
         _, q, h, w = logits.shape
-        graph = PixelGraph(lab_guide(self.rgb(guide[0])), neigh=self.r // 2, tau=self.tau)
+        mean, std = (context.mean, context.std) if context is not None else (None, None)
+        graph = PixelGraph(lab_guide(self.rgb(guide[0], mean, std)), neigh=self.r // 2, tau=self.tau)
         y = logits[0].permute(1, 2, 0).reshape(h * w, q)
         z = propagate(graph, y.double(), self.alpha, self.solver, self.maxiter)
         z = z.reshape(h, w, q).permute(2, 0, 1)[None]
         # network stage: float64 out, as LPOSS's scores (its final resize runs in float64;
         # `inference.upsample` does the same and hands float32 on)
         return z if self.stage == "network" else z.to(logits.dtype)
-
-
-REFINERS.register("lposs_plus", LPOSSPlus)

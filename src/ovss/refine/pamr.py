@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import REFINERS
+from ..core.registry import REFINERS
 
 # 3x3 window offsets in raster order (the reference's kernel channel order), in units of d
 _WINDOW = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
@@ -75,6 +75,7 @@ def _shifted(x: torch.Tensor, dilations: tuple[int, ...], offsets, out: torch.Te
     return out
 
 
+@REFINERS.register("pamr")
 @dataclass(frozen=True)
 class PAMR:
     """Pixel-adaptive mask refinement: `steps` propagation steps over dilated 3x3 neighbourhoods.
@@ -123,6 +124,3 @@ class PAMR:
         # |centre - neighbour| (the reference's +1/-1 kernel), then -aff / denom
         aff = aff.sub_(guide.unsqueeze(2)).abs_().div_(denom).neg_()
         return aff.mean(1, keepdim=True).softmax(2)
-
-
-REFINERS.register("pamr", PAMR)

@@ -1,0 +1,246 @@
+"""Colours, overlays and legends for label maps.
+
+Free-text vocabularies have no fixed colour table, so colours are assigned by class index from the
+PASCAL VOC colour map (familiar, well separated for small counts) and extended deterministically beyond
+it. Text uses PIL's built-in default font only, so rendering never depends on system fonts.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..data.io import read_image
+
+__all__ = ["VOC_PALETTE", "legend", "named_palette", "overlay", "overlay_with_legend", "palette_for"]
+
+_GOLDEN = 0.618033988749895
+BOUNDARY_COLOUR = (245, 245, 245)
+
+
+def _voc_colormap(n: int = 256) -> np.ndarray:
+    """The standard PASCAL VOC colour map: the bits of the index are interleaved into R, G, B from
+    the most significant bit down (index 1 -> (128, 0, 0), 15 'person' -> (192, 128, 128))."""
+    cmap = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        cmap[i] = (r, g, b)
+    return cmap
+
+
+VOC_PALETTE: np.ndarray = _voc_colormap()
+VOC_PALETTE.flags.writeable = False  # shared module constant: callers get copies to edit
+
+
+def named_palette(name: str) -> np.ndarray:
+    """A raw named colour map as a (256, 3) uint8 copy; only ``'voc'`` (index 0 = black background)."""
+    if name.lower() == "voc":
+        return VOC_PALETTE.copy()
+    raise ValueError(f"unknown palette {name!r}; available: 'voc'")
+
+
+def _golden_colours(n: int, used: set[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``n`` colours by golden-ratio hue stepping (consecutive colours far apart in hue), cycling
+    saturation and value so more than ~1500 colours stay distinct; colours in ``used`` are skipped."""
+    out: list[tuple[int, int, int]] = []
+    k = 0
+    while len(out) < n:
+        h = (k * _GOLDEN) % 1.0
+        s = (0.85, 0.6, 1.0)[k % 3]
+        v = (0.9, 0.65, 0.45, 1.0)[(k // 3) % 4]
+        rgb = tuple(int(round(x * 255)) for x in colorsys.hsv_to_rgb(h, s, v))
+        k += 1
+        if rgb not in used:
+            used.add(rgb)  # type: ignore[arg-type]
+            out.append(rgb)  # type: ignore[arg-type]
+    return out
+
+
+def palette_for(class_names: Sequence[str], base: str = "voc") -> np.ndarray:
+    """A deterministic (C, 3) uint8 palette for ``len(class_names)`` classes (colours depend only on
+    the class index, so the same vocabulary always gets the same colours).
+
+    ``base='voc'``: class ``i`` gets ``VOC_PALETTE[i + 1]`` -- shifted by one because VOC index 0 is
+    black, which would make class 0 invisible on dark images and look like "background". Classes beyond
+    the 255 usable VOC colours continue with golden-ratio HSV colours distinct from all earlier ones.
+    ``base='hsv'``: golden-ratio HSV colours for every class.
+    """
+    n = len(class_names)
+    base = base.lower()
+    if base == "voc":
+        head = VOC_PALETTE[1 : 1 + min(n, 255)]
+    elif base == "hsv":
+        head = VOC_PALETTE[:0]
+    else:
+        raise ValueError(f"unknown palette base {base!r}; available: 'voc', 'hsv'")
+    used = {tuple(int(v) for v in c) for c in head} | {(0, 0, 0)}
+    tail = np.array(_golden_colours(n - len(head), used), np.uint8).reshape(-1, 3)
+    return np.concatenate([np.array(head, np.uint8), tail]).reshape(n, 3)
+
+
+def _as_palette(palette: Any) -> np.ndarray:
+    pal = np.asarray(palette)
+    if pal.ndim != 2 or pal.shape[1] != 3:
+        raise ValueError(f"palette must have shape (C, 3), got {pal.shape}")
+    return pal.astype(np.uint8)
+
+
+def _as_labels(labels: Any, shape: tuple[int, int]) -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.shape != shape:
+        raise ValueError(f"labels shape {lab.shape} does not match image size {shape}")
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {lab.dtype}")
+    return lab.astype(np.int64)
+
+
+def overlay(
+    image: Any,
+    labels: Any,
+    palette: Any,
+    alpha: float = 0.5,
+    ignore_index: int | None = None,
+    boundaries: bool = True,
+) -> np.ndarray:
+    """Blend class colours over ``image``: ``out = (1 - alpha) * image + alpha * palette[label]``.
+
+    Pixels equal to ``ignore_index`` keep the original image so "no prediction" is visibly different
+    from any class. With ``boundaries`` a 1-pixel near-white line marks every change of label, which
+    keeps adjacent regions of similar colour apart. ``image`` is anything ``read_image`` accepts.
+    Returns an HxWx3 uint8 array.
+    """
+    is_rgb8 = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[2:] == (3,)
+    img = image if is_rgb8 and image.ndim == 3 else read_image(image)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    lab = _as_labels(labels, img.shape[:2])
+    pal = _as_palette(palette)
+    valid = np.ones(lab.shape, bool) if ignore_index is None else lab != ignore_index
+    bad = valid & ((lab < 0) | (lab >= len(pal)))
+    if bad.any():
+        raise ValueError(
+            f"labels {sorted(set(np.unique(lab[bad]).tolist()))[:5]} are outside the palette "
+            f"(0..{len(pal) - 1}) and not ignore_index={ignore_index}"
+        )
+    colour = pal[np.where(valid, lab, 0)].astype(np.float32)
+    blended = np.round((1.0 - alpha) * img.astype(np.float32) + alpha * colour).astype(np.uint8)
+    out = np.where(valid[:, :, None], blended, img)
+    if boundaries:
+        edge = np.zeros(lab.shape, bool)
+        edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+        edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+        out[edge & valid] = BOUNDARY_COLOUR
+    return out
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled default font (scalable since Pillow 10.1 when FreeType is present, else the
+    fixed bitmap font): never a system font, so output does not depend on the machine."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _printable(text: str, font: Any, max_chars: int = 40) -> str:
+    text = " ".join(str(text).split())  # newlines/tabs would break the row layout
+    if len(text) > max_chars:
+        text = text[: max_chars - 3] + "..."
+    if not isinstance(font, ImageFont.FreeTypeFont):  # the bitmap font only encodes Latin-1
+        text = text.encode("latin-1", "replace").decode("latin-1")
+    return text
+
+
+def _percent(a: float) -> str:
+    p = 100.0 * a
+    return "<0.1%" if 0 < p < 0.1 else f"{p:.1f}%"
+
+
+def legend(
+    class_names: Sequence[str],
+    palette: Any,
+    areas: Sequence[float] | None = None,
+    present_only: bool = True,
+    font_size: int = 14,
+) -> Image.Image:
+    """A legend image: one row per class with its colour swatch, name and, given ``areas`` (the
+    fraction of the image in [0, 1] per class), the area percentage.
+
+    With ``present_only`` and ``areas`` only classes with area > 0 are listed, so a 150-class
+    vocabulary does not produce a 150-row legend for an image showing 4 of them. Rows keep class order.
+    """
+    pal = _as_palette(palette)
+    n = len(class_names)
+    if len(pal) < n:
+        raise ValueError(f"palette has {len(pal)} colours for {n} classes")
+    if areas is not None and len(areas) != n:
+        raise ValueError(f"got {len(areas)} areas for {n} classes")
+    idx = [i for i in range(n) if not (present_only and areas is not None and areas[i] <= 0)]
+    font = _font(font_size)
+    texts = [
+        _printable(class_names[i], font) + ("" if areas is None else f"  {_percent(float(areas[i]))}")
+        for i in idx
+    ] or ["(no classes)"]
+
+    probe = Image.new("RGB", (1, 1))
+    draw = ImageDraw.Draw(probe)
+    asc = draw.textbbox((0, 0), "Ag", font=font)
+    text_h = asc[3] - asc[1]
+    sw = max(text_h + 2, 8)  # swatch side
+    pad, gap = max(4, sw // 3), max(3, sw // 4)
+    row_h = sw + gap
+    text_w = max(draw.textbbox((0, 0), t, font=font)[2] for t in texts)
+    width = pad + sw + gap * 2 + text_w + pad
+    height = pad * 2 + row_h * len(texts) - gap
+
+    im = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(im)
+    for r, text in enumerate(texts):
+        y = pad + r * row_h
+        if idx:
+            colour = tuple(int(v) for v in pal[idx[r]])
+            draw.rectangle([pad, y, pad + sw - 1, y + sw - 1], fill=colour, outline=(64, 64, 64))
+        draw.text((pad + sw + gap * 2, y + (sw - text_h) // 2 - asc[1]), text, font=font, fill=(0, 0, 0))
+    return im
+
+
+def overlay_with_legend(
+    image: Any,
+    labels: Any,
+    class_names: Sequence[str],
+    palette: Any | None = None,
+    alpha: float = 0.5,
+    ignore_index: int | None = None,
+    boundaries: bool = True,
+    present_only: bool = True,
+) -> Image.Image:
+    """The overlay with a legend of the classes present (and their area share) to its right.
+
+    The result keeps the overlay's height: a legend taller than the image is scaled down to fit, a
+    shorter one is top-aligned on white. The font grows with the image so large outputs stay readable.
+    """
+    pal = palette_for(class_names) if palette is None else _as_palette(palette)
+    ov = overlay(image, labels, pal, alpha=alpha, ignore_index=ignore_index, boundaries=boundaries)
+    h, w = ov.shape[:2]
+    lab = np.asarray(labels).astype(np.int64)
+    valid = (lab >= 0) & (lab < len(class_names))
+    if ignore_index is not None:
+        valid &= lab != ignore_index
+    areas = (np.bincount(lab[valid].ravel(), minlength=len(class_names)) / lab.size).tolist()
+    leg = legend(class_names, pal, areas, present_only=present_only, font_size=int(np.clip(h // 32, 12, 32)))
+    if leg.height > h:
+        leg = leg.resize((max(1, round(leg.width * h / leg.height)), h), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (w + leg.width, h), "white")
+    canvas.paste(Image.fromarray(ov), (0, 0))
+    canvas.paste(leg, (w, 0))
+    return canvas

@@ -1,0 +1,1 @@
+"""Evaluation: mIoU accumulation, the evaluation runner (progress, resume) and its protocols."""
