@@ -126,7 +126,8 @@ def _standard(name: str) -> Preset:
     overrides = {k: base.overrides[k] for k in keep}
     sources = {k: base.sources[k] for k in keep}
     overrides["decision.area_thd"] = None
-    sources["decision.area_thd"] = "SCLIP protocol without its VOC21 area rule (a SCLIP-specific post-processing)"
+    sources["decision.area_thd"] = (_SC.format(162) + " (argmax only: CLIPtrase has no area rule; SCLIP's VOC21 "
+                                    "area rule is SCLIP's own post-processing)")
     overrides["refiners"] = _cluster(336)
     sources["refiners"] = _SC.format(234) + " (the 336 px DBSCAN setting: the resized images are >= 336 px)"
     overrides["attention"], sources["attention"] = str(RULE), _RULE_SRC
