@@ -11,9 +11,13 @@ split in two steps that can be tested separately:
 
 `load_canonical(path)` does both. Nothing here builds a model or touches the network.
 
-Safety: pickled checkpoints are read with `torch.load(weights_only=True)`, which only rebuilds
-tensors and plain containers. A file that needs anything else is refused (`PickleRefusedError`)
-unless the caller passes `trust_pickle=True`.
+Safety: weights are read as data only. Pickled checkpoints are read with
+`torch.load(weights_only=True)`, which only rebuilds tensors and plain containers; a file that
+needs anything else is refused (`PickleRefusedError`) unless the caller passes `trust_pickle=True`.
+TorchScript archives (OpenAI's `.pt`) are never given to `torch.jit.load`, which would run their
+code: `ovss.backbones.torchscript` reads their tensor records (`UnsafeWeightsError` when that is
+not enough). Every file, in every format, is then refused if a floating tensor holds NaN or Inf
+(`NonFiniteWeightsError`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from torch import Tensor
 
 __all__ = [
     "FORMATS",
+    "NonFiniteWeightsError",
     "PickleRefusedError",
+    "UnsafeWeightsError",
     "WeightsCorruptError",
     "detect_format",
     "find_weights_file",
@@ -79,6 +85,14 @@ class WeightsCorruptError(ValueError):
 
 class PickleRefusedError(ValueError):
     """A pickled checkpoint that needs arbitrary Python objects to load (refused unless trusted)."""
+
+
+class UnsafeWeightsError(WeightsCorruptError):
+    """A TorchScript archive that would need its own code run to load (never done, even trusted)."""
+
+
+class NonFiniteWeightsError(WeightsCorruptError):
+    """A checkpoint with NaN or Inf in a floating tensor: a broken or diverged run, never usable."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,17 +204,11 @@ def _first_line(err: Exception) -> str:
 
 def _read_torch(path: Path, trust_pickle: bool) -> tuple[Any, dict]:
     if _is_torchscript(path):
-        # OpenAI's released `.pt` files are TorchScript archives. torch.jit.load does not unpickle
-        # arbitrary Python objects: constants and tensors go through TorchScript's restricted
-        # unpickler and the code is TorchScript (compiled, never imported as Python). We only take
-        # its state_dict and never run its methods.
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in 2.x
-                module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as e:
-            raise WeightsCorruptError(f"{path}: unreadable TorchScript archive ({_first_line(e)})") from e
-        return module.state_dict(), {"torchscript": True}
+        # OpenAI's released `.pt` files are TorchScript archives. torch.jit.load would compile their
+        # code and run any __setstate__ in them; the restricted reader only copies tensor records.
+        from .torchscript import read_torchscript
+
+        return read_torchscript(path), {"torchscript": True}
     try:
         with warnings.catch_warnings():
             # Plain pickles (protocol > 2) make torch warn before it refuses them; the error says more.
@@ -268,12 +276,42 @@ def _read_file(path: Path, trust_pickle: bool) -> tuple[dict[str, Tensor], dict]
         raise WeightsCorruptError(f"{path}: empty file")
     if path.suffix == ".safetensors" or (not zipfile.is_zipfile(path) and _looks_like_safetensors(path)):
         state, meta = _read_safetensors(path)
-        return state, meta
-    obj, meta = _read_torch(path, trust_pickle)
-    state, extra = _unwrap(obj, path)
-    if extra:
-        meta["extra"] = extra
+    else:
+        obj, meta = _read_torch(path, trust_pickle)
+        state, extra = _unwrap(obj, path)
+        if extra:
+            meta["extra"] = extra
+    _refuse_non_finite(state, path)  # every file of every format (shards included) passes here
     return state, meta
+
+
+def _refuse_non_finite(state: dict[str, Tensor], path: Path) -> None:
+    """NaN/Inf weights only ever come from a broken or diverged checkpoint; they would silently turn
+    every prediction into NaN, so the file is refused with the first such tensor named. Entries the
+    converters drop (causal `attn_mask` buffers legitimately hold -inf) are not weights."""
+    for key, value in state.items():
+        if not (value.is_floating_point() or value.is_complex()) or key.endswith(_DROP_SUFFIXES):
+            continue
+        real = torch.view_as_real(value) if value.is_complex() else value
+        finite = _elementwise(torch.isfinite, real)
+        if bool(finite.all()):
+            continue
+        n_bad = int(finite.numel() - finite.sum())
+        n_nan = int(_elementwise(torch.isnan, real).sum())
+        kinds = " and ".join(k for k, n in (("NaN", n_nan), ("Inf", n_bad - n_nan)) if n)
+        raise NonFiniteWeightsError(
+            f"{path}: tensor {key!r} {tuple(value.shape)} holds {kinds} values ({n_bad} of "
+            f"{real.numel()}); non-finite weights come from a broken or diverged checkpoint, so ovss "
+            "refuses them"
+        )
+
+
+def _elementwise(fn: Any, t: Tensor) -> Tensor:
+    """`fn(t)`, through float32 for dtypes without a CPU kernel (float8)."""
+    try:
+        return fn(t)
+    except (RuntimeError, NotImplementedError):
+        return fn(t.float())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,7 +416,7 @@ def read_state(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, 
         path: `.safetensors`, `.pt/.pth/.bin/.ckpt` (torch.save or OpenAI TorchScript archive), an HF
             sharded `*.index.json`, or a folder (HF transformers / OpenCLIP / single checkpoint).
         trust_pickle: allow pickles that need arbitrary Python objects. Off by default: unpickling
-            runs code chosen by whoever made the file.
+            runs code chosen by whoever made the file. (TorchScript archives never run code.)
     Returns:
         (state, meta). meta: "format" (see `detect_format`; None if unrecognised), "path", "files"
         (the files read), "act"/"ln_eps"/"heads" when a config says so (else absent), "extra"
@@ -386,6 +424,8 @@ def read_state(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, 
     Raises:
         FileNotFoundError: the path does not exist. WeightsCorruptError: unreadable bytes.
         PickleRefusedError: the pickle holds arbitrary objects and trust_pickle is False.
+        UnsafeWeightsError: a TorchScript archive that would need its own code run to load.
+        NonFiniteWeightsError: a floating tensor holds NaN or Inf.
     """
     path = Path(path).expanduser()
     if not path.exists():
