@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from .errors import NonFiniteWeightsError, PickleRefusedError, UnsafeWeightsError, WeightsCorruptError
 
 __all__ = [
     "FORMATS",
@@ -77,22 +78,6 @@ _TEXT_TOP = ("token_embedding.", "positional_embedding", "transformer.", "ln_fin
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "state_dict_ema", "teacher")
 # Key prefixes added by DDP (`module.`), torch.compile (`_orig_mod.`) and some trainers (`model.`).
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
-
-
-class WeightsCorruptError(ValueError):
-    """A weights file that cannot be parsed: truncated, random bytes, not a checkpoint at all."""
-
-
-class PickleRefusedError(ValueError):
-    """A pickled checkpoint that needs arbitrary Python objects to load (refused unless trusted)."""
-
-
-class UnsafeWeightsError(WeightsCorruptError):
-    """A TorchScript archive that would need its own code run to load (never done, even trusted)."""
-
-
-class NonFiniteWeightsError(WeightsCorruptError):
-    """A checkpoint with NaN or Inf in a floating tensor: a broken or diverged run, never usable."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .convert import UnsafeWeightsError, WeightsCorruptError
+from .errors import UnsafeWeightsError, WeightsCorruptError
 
 __all__ = ["ScriptObject", "read_torchscript"]
 
