@@ -13,10 +13,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .core.result import Result
-from .core.version import __version__
 from .core.recipe import get_method, list_methods
+from .core.result import Result
 from .core.state import ImageState
+from .core.version import __version__
 from .text.bank import parse_classes
 
 if TYPE_CHECKING:

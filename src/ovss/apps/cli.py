@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import ast
+import fnmatch
 import json
 import sys
 from pathlib import Path

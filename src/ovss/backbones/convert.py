@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from .errors import NonFiniteWeightsError, PickleRefusedError, UnsafeWeightsError, WeightsCorruptError
 
 __all__ = [

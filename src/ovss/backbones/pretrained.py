@@ -32,7 +32,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",

@@ -20,10 +20,10 @@ import torch
 
 from ..backbones.factory import LoadedClip, create_clip
 from ..heads.dense import patch_logits
+from ..heads.plugin import check_plugins, providers
 from ..text.bank import ClassSpec, TextBank, parse_classes
 from ..text.tokenizer import Tokenizer
 from .decision import class_probabilities, decide
-from ..heads.plugin import check_plugins, providers
 from .protocol import preprocess, slide_logits, window_boxes
 from .recipe import MethodSpec, Recipe, get_method
 from .resize import upsample, upsample_rows
