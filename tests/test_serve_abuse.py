@@ -270,6 +270,7 @@ def test_the_largest_class_list_allowed_is_served_and_one_more_name_is_not(serve
     r = post(server.url, image, timeout=120, classes=", ".join(most[:-1]))
     assert r.status_code == 200, r.text[:300]
     assert len(r.json()["classes"]) == DEFAULT_MAX_CLASSES
+    assert "more than the context length" not in server.log.read_text()  # not 24,000 warnings logged
     r = post(server.url, image, timeout=120, classes=", ".join(most))
     assert r.status_code == 422 and f"at most {DEFAULT_MAX_CLASSES}" in r.json()["detail"], r.text[:300]
 
@@ -411,3 +412,29 @@ def test_disk_cache_is_bounded_and_drops_the_least_recently_used(clip_and_tok, t
     assert bank._path(queries[-1]).is_file() and not bank._path(queries[0]).is_file()  # oldest went
     again = TextBank(model, tok, "w", "single", cache_dir=tmp_path / "c", memory_items=0, disk_mb=limit_mb)
     torch.testing.assert_close(again.encode_queries(queries[:10]), first, rtol=0, atol=1e-6)
+
+
+def test_an_interrupted_encoding_keeps_the_queries_it_finished(clip_and_tok, tmp_path):
+    """The server's request deadline stops a long encoding between batches (`interrupt`); the
+    queries already complete stay cached, so a retry encodes only the rest, to the same values."""
+    from ovss.text_bank import TextBank
+
+    model, tok = clip_and_tok
+    queries = names(10, seed=8).split(", ")  # 10 x 80 prompts: 4 batches of 256
+    reference = TextBank(model, tok, "w", "imagenet80", use_cache=False).encode_queries(queries)
+    counting = CountingModel(model)
+    bank = TextBank(counting, tok, "w", "imagenet80", cache_dir=tmp_path)
+    batches = []
+
+    def stop_after_two() -> None:
+        batches.append(1)
+        if len(batches) > 2:
+            raise TimeoutError("deadline")
+
+    bank.interrupt = stop_after_two
+    with pytest.raises(TimeoutError):
+        bank.encode_queries(queries)
+    assert counting.prompts == 512 and len(bank._memory) == 6  # 512 prompts = 6 whole queries
+    bank.interrupt = None
+    torch.testing.assert_close(bank.encode_queries(queries), reference, rtol=0, atol=1e-6)
+    assert counting.prompts == 512 + 4 * 80  # only the 4 unfinished queries again

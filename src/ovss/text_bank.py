@@ -352,19 +352,26 @@ class TextBank:
         return torch.stack([found[q] for q in queries])
 
     def _encode(self, queries: list[str]) -> dict[str, torch.Tensor]:
+        """Encode in batches of prompts; each query is stored as soon as all its templates are
+        encoded, so an interrupted call (see `interrupt`) keeps what it finished for a retry."""
         prompts = [t.format(q) for q in queries for t in self.templates]
         device = next(self.model.parameters()).device
-        feats = []
+        n_templates = len(self.templates)
+        out: dict[str, torch.Tensor] = {}
+        rows = torch.empty(0)  # template features of the queries not finished yet
         for i in range(0, len(prompts), self.batch_size):
             if self.interrupt is not None:
                 self.interrupt()
             tokens = self.tokenizer(prompts[i : i + self.batch_size]).to(device)
-            feats.append(F.normalize(self.model.encode_text(tokens, crop=self.crop_context).float(), dim=-1).cpu())
-        per_query = torch.cat(feats).view(len(queries), len(self.templates), -1)
-        emb = F.normalize(per_query.mean(dim=1), dim=-1)
-        out = {q: e.clone() for q, e in zip(queries, emb)}
-        for q, e in out.items():
-            self._store(q, e)
+            feats = F.normalize(self.model.encode_text(tokens, crop=self.crop_context).float(), dim=-1).cpu()
+            rows = torch.cat([rows, feats]) if rows.numel() else feats
+            n = rows.shape[0] // n_templates
+            if n:
+                emb = F.normalize(rows[: n * n_templates].view(n, n_templates, -1).mean(dim=1), dim=-1)
+                for q, e in zip(queries[len(out) : len(out) + n], emb):
+                    out[q] = e.clone()
+                    self._store(q, out[q])
+                rows = rows[n * n_templates :]
         return out
 
     def encode(self, spec: ClassSpec) -> torch.Tensor:
