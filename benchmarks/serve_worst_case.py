@@ -1,13 +1,12 @@
 """`ovss serve` at its default limits: the time of the largest request they allow, and the server's
 peak memory when every slot holds one while slow clients hold connections.
 
-    python benchmarks/serve_worst_case.py [--backbone tiny-synthetic] [--b16] [--flood 17] [--slow 32]
+    python benchmarks/serve_worst_case.py [--backbone tiny-synthetic] [--flood 17] [--slow 32]
 
 The largest request: a 5000 x 5000 image (25 megapixels, the pixel bound) as a PNG of just under
 20 MiB (the upload bound), with 300 class names (the class bound) of 200 letters each (the
-length bound), none seen before, so all 300 x 80 prompts are encoded; default method. `--b16`
-serves ViT-B/16-sized random weights instead (written to a temporary file; the cost of a forward
-pass does not depend on the values) with the small test vocabulary. `--flood N` then sends N such
+length bound), none seen before, so all 300 x 80 prompts are encoded; default method. It is sent
+twice (the second time with its names cached). `--flood N` then sends N such
 requests at once (distinct class lists), after `--slow` raw sockets on 127.0.0.1 started uploads
 they never finish. The server's peak resident set is its VmHWM (Linux /proc). Loopback only.
 """
@@ -31,9 +30,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-VOCAB = ROOT / "tests/golden/tokenizer/small_vocab.txt.gz"
 
 
 def proc_mb(pid: int, key: str) -> float:
@@ -76,34 +72,16 @@ def class_list(seed: int, n: int = 300, length: int = 200) -> str:
     return ", ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(length)) for _ in range(n))
 
 
-def write_b16(folder: Path) -> Path:
-    import shutil
-
-    import torch
-    from safetensors.torch import save_file
-
-    from ovss.backbones.clip import CLIP
-    from ovss.backbones.configs import ARCHS
-
-    torch.manual_seed(0)
-    model = CLIP(ARCHS["ViT-B-16"])
-    state = {(k[5:] if k.startswith("text.") else k): v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    shutil.copy(VOCAB, folder / "bpe_vocab.txt.gz")
-    return folder / "model.safetensors"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="tiny-synthetic")
-    ap.add_argument("--b16", action="store_true", help="ViT-B/16-sized random weights")
     ap.add_argument("--flood", type=int, default=17, help="largest requests sent at once (0: none)")
     ap.add_argument("--slow", type=int, default=32, help="slow uploads held open meanwhile")
     ap.add_argument("--port", type=int, default=18765)
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ovss-worst-"))
-    backbone = str(write_b16(tmp)) if args.b16 else args.backbone
+    backbone = args.backbone
     env = dict(os.environ, OVSS_CACHE=str(tmp / "cache"))
     url = f"http://127.0.0.1:{args.port}"
     cmd = [sys.executable, "-m", "ovss", "serve", "--backbone", backbone, "--device", "cpu",

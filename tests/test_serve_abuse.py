@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import select
@@ -229,6 +230,8 @@ def test_retry_after_follows_the_measured_queue():
             fut.add_done_callback(lambda _: pool.release())
             fut.result(timeout=10)
         assert pool.retry_after() == 1  # empty queue
+        mean = sum(pool._recent) / len(pool._recent)  # what was measured, sleep overshoot included
+        assert 0.39 < mean < 1.5
         assert pool.try_admit()
         blocker = pool.submit(gate.wait, 30)  # runs (elapsed ~0) while the rest wait
         blocker.add_done_callback(lambda _: pool.release())
@@ -239,9 +242,9 @@ def test_retry_after_follows_the_measured_queue():
                 f = pool.submit(time.sleep, 0.4)
                 f.add_done_callback(lambda _: pool.release())
                 waiting.append(f)
-            expected = (n + 1) * 0.4  # the n waiting + what is left of the running one
-            assert abs(pool.expected_wait() - expected) < 0.35, (n, pool.expected_wait())
-            assert pool.retry_after() in (round(expected), round(expected) + 1), (n, pool.retry_after())
+            # the n waiting, plus what is left of the running one (between 0 and one mean)
+            assert n * mean <= pool.expected_wait() <= (n + 1) * mean + 0.01, (n, mean, pool.expected_wait())
+            assert math.ceil(n * mean) <= pool.retry_after() <= math.ceil((n + 1) * mean), (n, mean)
         for f in waiting:
             f.cancel()
     finally:
@@ -265,7 +268,9 @@ def test_class_limits_are_422_and_say_the_limit(server, classes, message):
 
 
 def test_the_largest_class_list_allowed_is_served_and_one_more_name_is_not(server):
-    most = names(DEFAULT_MAX_CLASSES + 1, length=DEFAULT_MAX_CLASS_CHARS, seed=4).split(", ")
+    """As many names as allowed, one of them as long as allowed (all long would only be slower)."""
+    most = names(DEFAULT_MAX_CLASSES + 1, seed=4).split(", ")
+    most[0] = "b" * DEFAULT_MAX_CLASS_CHARS
     image = png_bytes(scene(0))
     r = post(server.url, image, timeout=120, classes=", ".join(most[:-1]))
     assert r.status_code == 200, r.text[:300]
