@@ -18,18 +18,24 @@ Endpoints:
 - ``GET /methods``: the methods this server runs, with their presets.
 - ``GET /health``: status, device, queue occupancy and loaded models.
 
-Errors are JSON ``{"detail": "...", "status": N}``:
-413 upload over ``max_upload_mb`` (default 20 MiB) or image over ``max_pixels`` (default 25
-megapixels, checked from the header before decoding); 415 not multipart/form-data, or a file
-that is not a decodable image; 422 missing or bad field (empty or duplicate classes, unknown
-method or preset, bad format); 503 with ``Retry-After`` when the queue is full.
+Every failure is JSON ``{"detail": "...", "status": N}``: 404/405 unknown path or method; 408
+body not received within ``body_timeout`` (default 60 s); 413 upload over ``max_upload_mb``
+(default 20 MiB) or image over ``max_pixels`` (default 25 megapixels, checked from the header
+before decoding); 415 not multipart/form-data, or a file that is not a decodable PNG, JPEG, WebP,
+BMP, TIFF or GIF (no other decoder is ever reached: EPS would run Ghostscript); 422 missing or bad
+field (empty or duplicate classes, over ``max_classes`` names or ``max_class_chars`` characters
+per name, unknown method or preset, bad format, an image too thin to segment); 500 a bug; 503
+with ``Retry-After`` when the queue is full or the request outlived ``request_timeout``.
 
 Requests run on a bounded pool of worker threads (1 on CPU: torch already uses every core within
 one request; 2 on an accelerator, so one request's decoding and encoding overlap another's
-forward pass). At most ``workers + max_queue`` requests are admitted at once (uploads included,
-which bounds the memory held by bodies); any request beyond that gets 503 at once, never a wait
-without bound. Loaded models are cached and shared: one CLIP per server, one `Segmenter` per
-(method, preset) on top of it; their text banks keep query embeddings in memory and on disk.
+forward pass). A request takes a slot only once its whole body has arrived and passed every
+check, so slow uploads cannot hold slots; they are cut off by the body timeout, and the bytes
+of bodies held at once (uploading or admitted) are bounded by ``capacity`` bodies. At most
+``workers + max_queue`` requests are admitted at once; any request beyond that gets 503 at once
+with ``Retry-After`` estimated from the measured queue, never a wait without bound. Loaded models
+are cached and shared: one CLIP per server, one `Segmenter` per (method, preset) on top of it;
+their text banks keep query embeddings in bounded LRU caches in memory and on disk.
 """
 
 import argparse
@@ -38,12 +44,13 @@ import base64
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import threading
 import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -54,13 +61,30 @@ if TYPE_CHECKING:
 DEFAULT_MAX_UPLOAD_MB = 20.0  # MiB (2^20 bytes)
 DEFAULT_MAX_PIXELS = 25_000_000
 DEFAULT_MAX_QUEUE = 16
-FORM_OVERHEAD = 64 * 1024  # bytes allowed in a request body beyond the image (form fields, boundaries)
+# Class names per request (synonyms count: each is a query) and characters per name. Text cost
+# grows with names x templates (one 4000-name request kept a CPU worker 169 s); 300 admits every
+# benchmark class list shipped but PASCAL Context-459 (raise --max-classes for it), 200
+# characters any real name.
+DEFAULT_MAX_CLASSES = 300
+DEFAULT_MAX_CLASS_CHARS = 200
+DEFAULT_BODY_TIMEOUT = 60.0  # s to receive a whole request body (slow clients get 408)
+DEFAULT_REQUEST_TIMEOUT = 300.0  # s from a request's arrival to its answer (then 503)
+FORM_OVERHEAD = 64 * 1024  # bytes allowed in a request body beyond the image and class names
 LABEL_FORMATS = ("png", "rle")
+# The only decoders an upload reaches (Pillow ids). Pillow would otherwise try every plugin it
+# has, EPS included, which hands the file to Ghostscript.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+
+log = logging.getLogger("ovss.serve")
 
 SERVE_EXTRA_HINT = 'the HTTP API needs FastAPI and uvicorn: pip install "ovss[serve]"'
 
 
 # ------------------------------------------------------------------------------------- model cache
+
+
+class RequestExpired(TimeoutError):
+    """A job whose request already timed out (and was answered) stops here."""
 
 
 class _Entry:
@@ -156,11 +180,26 @@ class ModelCache:
         return self.entry(method, preset).segmenter
 
     def segment(self, image: Any, classes: Any, method: str, preset: str | None = None,
-                background: bool | None = None, keep_image: bool = True):
-        """Run one (method, preset) on an image; one call at a time per cached Segmenter."""
+                background: bool | None = None, keep_image: bool = True, deadline: float | None = None):
+        """Run one (method, preset) on an image; one call at a time per cached Segmenter.
+
+        Past `deadline` (time.monotonic()) the call raises RequestExpired, checked on entry and
+        between text batches: a request that timed out while a huge class list was being encoded
+        gives its worker back within one batch (the names finished stay cached for a retry)."""
         e = self.entry(method, preset)
         with e.lock:
-            return e.segmenter(image, classes, background=background, keep_image=keep_image)
+            bank = e.segmenter.text_bank
+            if deadline is not None:
+                def check() -> None:
+                    if time.monotonic() > deadline:
+                        raise RequestExpired("the request's time ran out; its job was abandoned")
+
+                check()
+                bank.interrupt = check
+            try:
+                return e.segmenter(image, classes, background=background, keep_image=keep_image)
+            finally:
+                bank.interrupt = None
 
     def loaded(self) -> list[str]:
         with self._lock:
@@ -250,7 +289,7 @@ def _trim_memory() -> None:
 class WorkerPool:
     """A fixed set of worker threads with a bound on admitted requests (running + waiting)."""
 
-    def __init__(self, workers: int, max_queue: int):
+    def __init__(self, workers: int, max_queue: int, window: int = 32):
         if workers < 1 or max_queue < 0:
             raise ValueError(f"need workers >= 1 and max_queue >= 0, got {workers}, {max_queue}")
         self.workers = workers
@@ -261,7 +300,8 @@ class WorkerPool:
         self.admitted = 0
         self.served = 0
         self.rejected = 0
-        self._mean_s = 1.0  # running mean of a job's seconds, for Retry-After
+        self._recent: deque[float] = deque(maxlen=window)  # seconds of the last jobs, for Retry-After
+        self._running: dict[int, float] = {}  # thread id -> start time of the job it runs
 
     def try_admit(self) -> bool:
         with self._lock:
@@ -278,30 +318,59 @@ class WorkerPool:
         if idle:
             _trim_memory()
 
+    def expected_wait(self) -> float:
+        """Seconds until the admitted requests are served, from the measured queue.
+
+        Each waiting job counts the mean of the recent jobs' times; a running job counts what is
+        left of that mean, or, once it has run past the mean, as long again as it has run (a job
+        already long is likely a long one). Spread over the workers.
+        """
+        with self._lock:
+            now = time.perf_counter()
+            running = [now - t0 for t0 in self._running.values()]
+            mean = sum(self._recent) / len(self._recent) if self._recent else max(running, default=1.0)
+            waiting = max(0, self.admitted - len(running))
+            ahead = waiting * mean + sum(mean - e if e < mean else e for e in running)
+        return ahead / self.workers
+
     def retry_after(self) -> int:
-        """Seconds until a slot is likely free: the queue drained at the mean job time."""
-        return max(1, math.ceil(self._mean_s * self.capacity / self.workers))
+        """`expected_wait` as a Retry-After value: whole seconds, at least 1, at most an hour."""
+        return min(3600, max(1, math.ceil(self.expected_wait())))
 
     def submit(self, fn, *args):
         """Queue `fn(*args)` on a worker; returns a concurrent.futures.Future."""
         def timed():
+            me = threading.get_ident()
             t0 = time.perf_counter()
+            with self._lock:
+                self._running[me] = t0
             try:
                 return fn(*args)
             finally:
                 dt = time.perf_counter() - t0
                 with self._lock:
+                    del self._running[me]
                     self.served += 1
-                    self._mean_s = 0.8 * self._mean_s + 0.2 * dt
+                    self._recent.append(dt)
 
         return self._executor.submit(timed)
 
-    async def run_admitted(self, fn, *args):
+    async def run_admitted(self, fn, *args, timeout: float | None = None):
         """Run an admitted request's job; its slot is released when the job ends (also if the
-        client goes away meanwhile: the slot stays taken while a worker still runs it)."""
+        client goes away meanwhile: the slot stays taken while a worker still runs it).
+
+        Past `timeout` seconds raises TimeoutError: a job still waiting is cancelled (its slot
+        freed at once); a running one finishes unobserved, or stops early if `fn` checks a
+        deadline (the segment job does, see `ModelCache.segment`)."""
         fut = self.submit(fn, *args)
         fut.add_done_callback(lambda _: self.release())
-        return await asyncio.wrap_future(fut)
+        waiter = asyncio.wrap_future(fut)
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "not retrieved"
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except (asyncio.TimeoutError, TimeoutError):  # the wait's, or the job's own RequestExpired
+            fut.cancel()
+            raise TimeoutError from None
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -314,6 +383,67 @@ class _HTTPError(Exception):
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+class ByteBudget:
+    """Bytes of request bodies held at once, across requests still uploading and admitted ones.
+
+    Bodies are read before a request takes a slot (so a slow upload cannot hold one); this bound
+    is what keeps the memory of many simultaneous uploads in check instead. Used from the event
+    loop only, but locked anyway: it is cheap.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+def _json_body(status: int, detail: str) -> bytes:
+    return json.dumps({"detail": detail, "status": status}).encode()
+
+
+class JSONErrorsMiddleware:
+    """An exception no handler caught becomes a logged JSON 500, not Starlette's plain-text 500
+    followed by a reset connection (which a client sees as a network error, not an answer)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            body = _json_body(500, "internal server error (the server log has the details)")
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
 
 
 def _parse_bool(text: str | None, field: str) -> bool | None:
@@ -334,6 +464,25 @@ def text_field(form, name: str) -> str | None:
     return value
 
 
+def check_class_limits(groups: Sequence[Sequence[str]], max_classes: int, max_chars: int) -> None:
+    """422 past the per-request bounds, before any work: text cost grows with the names."""
+    names = sum(len(g) for g in groups)
+    if names > max_classes:
+        raise _HTTPError(422, f"too many class names: {names:,}; this server takes at most {max_classes:,} "
+                              f"per request (synonyms count as names)")
+    longest = max((len(s) for g in groups for s in g), default=0)
+    if longest > max_chars:
+        raise _HTTPError(422, f"class name too long: {longest:,} characters; this server takes at most "
+                              f"{max_chars:,} per name")
+
+
+def open_image(data: bytes):
+    """Open an upload lazily with the listed decoders only (IMAGE_FORMATS: never EPS)."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+
+
 def _probe_image(data: bytes, max_pixels: int):
     """Open the upload lazily (header only): 415 if it is no image, 413 if over the pixel bound."""
     from PIL import Image
@@ -341,13 +490,13 @@ def _probe_image(data: bytes, max_pixels: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            im = Image.open(io.BytesIO(data))
+            im = open_image(data)
         except Image.DecompressionBombError as e:
             raise _HTTPError(413, f"image too large: {e}; the limit is {max_pixels:,} pixels") from None
         except Image.UnidentifiedImageError:
             raise _HTTPError(415, "the uploaded file is not an image in a format this server reads "
-                                  "(PNG, JPEG, WebP, BMP, TIFF, GIF, ...)") from None
-        except (OSError, SyntaxError, ValueError) as e:
+                                  f"({', '.join(IMAGE_FORMATS)})") from None
+        except Exception as e:  # noqa: BLE001 - any decoder failure on a hostile header is the file's fault
             raise _HTTPError(415, f"the uploaded file is not a readable image ({type(e).__name__}: {e})") from None
     w, h = im.size
     if w * h > max_pixels:
@@ -361,28 +510,41 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
                workers: int | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_pixels: int = DEFAULT_MAX_PIXELS, tokenizer: str | os.PathLike | None = None,
                cache_dir: str | os.PathLike | None = None, preload: bool = True,
-               models: ModelCache | None = None):
+               models: ModelCache | None = None, max_classes: int = DEFAULT_MAX_CLASSES,
+               max_class_chars: int = DEFAULT_MAX_CLASS_CHARS, body_timeout: float = DEFAULT_BODY_TIMEOUT,
+               request_timeout: float = DEFAULT_REQUEST_TIMEOUT):
     """The FastAPI app. `preload` loads the CLIP now, so a bad backbone fails at start-up (and
     the first request does not pay for it). `models` shares an existing cache."""
     try:
         from fastapi import FastAPI, Request
+        from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse, Response
     except ImportError as e:
         raise ImportError(f"{SERVE_EXTRA_HINT} ({e})") from e
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
 
     from ..core.version import __version__
     from ..data.io import ImageError, read_image
     from ..text.bank import parse_classes, split_class_string
 
+    if min(max_classes, max_class_chars) < 1 or min(body_timeout, request_timeout) <= 0:
+        raise ValueError("max_classes, max_class_chars, body_timeout and request_timeout must be positive")
     models = models or ModelCache(backbone, weights=weights, device=device, methods=methods,
                                   tokenizer=tokenizer, cache_dir=cache_dir)
     if preload:
         models.clip()
     pool = WorkerPool(workers or default_workers(models.device), max_queue)
     max_bytes = int(max_upload_mb * 1024 * 1024)
+    # form fields: the class names at up to 4 UTF-8 bytes a character, plus separators
+    field_bytes = FORM_OVERHEAD + 4 * max_classes * (max_class_chars + 2)
+    hard = max_bytes + field_bytes  # largest request body read
+    budget = ByteBudget(pool.capacity * hard)
     limits = {"max_upload_mb": max_upload_mb, "max_upload_bytes": max_bytes, "max_pixels": max_pixels,
-              "workers": pool.workers, "max_queue": pool.max_queue}
+              "workers": pool.workers, "max_queue": pool.max_queue, "max_classes": max_classes,
+              "max_class_chars": max_class_chars, "body_timeout_s": body_timeout,
+              "request_timeout_s": request_timeout, "image_formats": list(IMAGE_FORMATS)}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -394,42 +556,80 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
     app.state.models = models
     app.state.pool = pool
     app.state.limits = limits
+    app.state.budget = budget
+    app.add_middleware(JSONErrorsMiddleware)
 
     def error(status: int, detail: str, headers: dict[str, str] | None = None):
         return JSONResponse({"detail": detail, "status": status}, status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc):  # 404, 405, ...: the same JSON shape as every other error
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request, exc):
+        return error(422, f"bad request: {exc.errors()}")
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "device": str(models.device),
                 "backbone": models.backbone, "queue": {"admitted": pool.admitted, "capacity": pool.capacity,
                                                         "workers": pool.workers, "served": pool.served,
-                                                        "rejected": pool.rejected},
+                                                        "rejected": pool.rejected,
+                                                        "expected_wait_s": round(pool.expected_wait(), 3)},
+                "uploads": {"bytes_held": budget.used, "bytes_limit": budget.limit},
                 "loaded": models.loaded(), "limits": limits}
 
     @app.get("/methods")
     def get_methods() -> dict[str, Any]:
         return {"default": models.methods[0], "backbone": models.backbone, "methods": methods_info(models.methods)}
 
-    async def read_body(request: Request) -> bytes:
-        hard = max_bytes + FORM_OVERHEAD
+    def busy(detail: str):
+        ra = pool.retry_after()
+        return _HTTPError(503, f"{detail}; retry in about {ra} s", {"Retry-After": str(ra)})
+
+    async def read_body(request: Request, seconds: float, held: list[int]) -> bytes:
+        """The whole body within `seconds` (else 408), within the size bound (413) and the budget
+        of body bytes held at once (503). `held[0]` counts the bytes this request took from it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
         declared = request.headers.get("content-length")
         too_big = f"upload too large: the limit is {max_upload_mb:g} MiB ({max_bytes:,} bytes) per image"
-        buf = bytearray()
         over = declared is not None and declared.isdigit() and int(declared) > hard
+        refused = _HTTPError(413, too_big) if over else None
+        buf = bytearray()
         drained = 0
-        # Read (and past the bound, discard) the body: answering 413 while the client still
-        # sends would reset the connection before it reads the answer. Give up past 4x the bound.
-        async for chunk in request.stream():
-            if over:
+        chunks = request.stream().__aiter__()
+        while True:
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                chunk = await asyncio.wait_for(chunks.__anext__(), left)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise _HTTPError(408, f"the request body did not arrive within {seconds:g} s",
+                                 {"Connection": "close"}) from None
+            # Past a bound, read and discard: answering while the client still sends would reset
+            # the connection before it reads the answer. Give up past 4x the bound.
+            if refused is not None:
                 drained += len(chunk)
                 if drained > 4 * hard:
                     break
                 continue
-            buf += chunk
-            if len(buf) > hard:
-                over, drained, buf = True, len(buf), bytearray()
-        if over:
-            raise _HTTPError(413, too_big)
+            if len(buf) + len(chunk) > hard:
+                refused = _HTTPError(413, too_big)
+            elif not budget.take(len(chunk)):
+                refused = busy(f"the server is busy ({budget.used:,} bytes of uploads in progress)")
+            else:
+                held[0] += len(chunk)
+                buf += chunk
+                continue
+            budget.give(held[0])
+            held[0], drained, buf = 0, len(buf) + len(chunk), bytearray()
+        if refused is not None:
+            raise refused
         return bytes(buf)
 
     async def parse_form(request: Request, body: bytes):
@@ -439,23 +639,35 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
 
         try:
             return await MultiPartParser(request.headers, stream(), max_files=1, max_fields=16,
-                                         max_part_size=FORM_OVERHEAD).parse()
+                                         max_part_size=field_bytes).parse()
         except MultiPartException as e:
             raise _HTTPError(422, f"malformed multipart form: {e.message if hasattr(e, 'message') else e}")
 
-    def work(data: bytes, classes: Any, method: str, preset: str | None, background: bool | None, fmt: str):
+    def work(data: bytes, classes: Any, method: str, preset: str | None, background: bool | None, fmt: str,
+             deadline: float):
         from PIL import Image
 
         t0 = time.perf_counter()
+        if time.monotonic() > deadline:  # waited out its time in the queue: nobody awaits the answer
+            raise RequestExpired("the request's time ran out in the queue")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as im:
+                with open_image(data) as im:
                     im.load()
                     rgb = read_image(im)
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise _HTTPError(415, f"the uploaded image cannot be decoded: {e}") from None
-        result = models.segment(rgb, classes, method, preset, background=background, keep_image=False)
+        except Image.DecompressionBombError as e:
+            raise _HTTPError(413, f"image too large: {e}") from None
+        except Exception as e:  # noqa: BLE001 - truncated, corrupt, a decoder's bug: the file is the cause
+            raise _HTTPError(415, f"the uploaded image cannot be decoded: {type(e).__name__}: {e}") from None
+        try:
+            with warnings.catch_warnings():
+                # one warning per truncated prompt: 300 long names would write 24,000 to the log
+                warnings.filterwarnings("ignore", message="prompt .* more than the context length")
+                result = models.segment(rgb, classes, method, preset, background=background, keep_image=False,
+                                        deadline=deadline)
+        except ValueError as e:  # e.g. an image thinner than one patch after resizing
+            raise _HTTPError(422, f"this image cannot be segmented: {e}") from None
         out = result.to_dict()
         if fmt == "png":
             out["label_map"] = {"format": "png", "encoding": "base64",
@@ -470,17 +682,14 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
     @app.post("/segment")
     async def segment(request: Request):
         """multipart/form-data: image (file), classes, [method], [preset], [background], [format=png|rle]."""
-        if not pool.try_admit():
-            ra = pool.retry_after()
-            return error(503, f"the server is busy ({pool.capacity} requests admitted); retry in about {ra} s",
-                         {"Retry-After": str(ra)})
-        handed_over = False
+        deadline = time.monotonic() + request_timeout
+        held = [0]  # body bytes taken from the budget
         try:
             ctype = request.headers.get("content-type", "")
             if not ctype.lower().startswith("multipart/form-data"):
                 raise _HTTPError(415, f"send multipart/form-data with an 'image' file and 'classes'; got "
                                       f"content type {ctype or '(none)'!r}")
-            body = await read_body(request)
+            body = await read_body(request, min(body_timeout, request_timeout), held)
             form = await parse_form(request, body)
             del body
             upload = form.get("image")
@@ -501,30 +710,41 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
             if fmt not in LABEL_FORMATS:
                 raise _HTTPError(422, f"unknown format {fmt!r}; choose png or rle")
             background = _parse_bool(text_field(form, "background"), "background")
+            groups = [g for t in texts for g in split_class_string(t)]
+            check_class_limits(groups, max_classes, max_class_chars)
             try:
-                groups = [g for t in texts for g in split_class_string(t)]
                 spec = parse_classes(groups, background=background)
                 method, preset = models.check(text_field(form, "method"), text_field(form, "preset"))
             except (ValueError, KeyError) as e:
                 raise _HTTPError(422, e.args[0] if e.args else str(e)) from None
             _probe_image(data, max_pixels).close()
-            handed_over = True  # from here the job releases the slot when it ends
-            payload = await pool.run_admitted(work, data, spec, method, preset, background, fmt)
+            # Only now, with the whole request read and checked, does it take a slot.
+            if not pool.try_admit():
+                raise busy(f"the server is busy ({pool.capacity} requests admitted)")
+            try:
+                payload = await pool.run_admitted(work, data, spec, method, preset, background, fmt, deadline,
+                                                  timeout=max(deadline - time.monotonic(), 0.001))
+            except (asyncio.TimeoutError, TimeoutError):
+                raise busy(f"the request did not finish within {request_timeout:g} s") from None
             return Response(payload, media_type="application/json")
         except _HTTPError as e:
             return error(e.status, e.detail, e.headers)
         except ImageError as e:
             return error(415, str(e))
+        except ClientDisconnect:  # nobody to answer; the status is for the access log only
+            return error(400, "the client disconnected before sending the whole request")
         finally:
-            if not handed_over:
-                pool.release()
+            budget.give(held[0])
 
     return app
 
 
 def limits_text(limits: dict[str, Any]) -> str:
-    return (f"Uploads up to {limits['max_upload_mb']:g} MiB and {limits['max_pixels']:,} pixels; "
-            f"{limits['workers']} worker(s), up to {limits['max_queue']} waiting requests (then 503).")
+    return (f"Uploads up to {limits['max_upload_mb']:g} MiB and {limits['max_pixels']:,} pixels "
+            f"({', '.join(limits['image_formats'])}); up to {limits['max_classes']:,} class names of "
+            f"{limits['max_class_chars']:,} characters; bodies within {limits['body_timeout_s']:g} s, "
+            f"answers within {limits['request_timeout_s']:g} s; {limits['workers']} worker(s), up to "
+            f"{limits['max_queue']} waiting requests (then 503).")
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -551,6 +771,18 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"largest upload in MiB (default {DEFAULT_MAX_UPLOAD_MB:g}); larger gets 413")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"largest image in pixels (default {DEFAULT_MAX_PIXELS:,}); larger gets 413")
+    s.add_argument("--max-classes", type=int, default=DEFAULT_MAX_CLASSES,
+                   help=f"most class names per request, synonyms included (default {DEFAULT_MAX_CLASSES}); "
+                        "more gets 422")
+    s.add_argument("--max-class-chars", type=int, default=DEFAULT_MAX_CLASS_CHARS,
+                   help=f"longest class name in characters (default {DEFAULT_MAX_CLASS_CHARS}); "
+                        "longer gets 422")
+    s.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT, metavar="S",
+                   help="seconds a client has to send a whole request body (default "
+                        f"{DEFAULT_BODY_TIMEOUT:g}); slower gets 408")
+    s.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, metavar="S",
+                   help=f"seconds from a request's arrival to its answer, queueing included (default "
+                        f"{DEFAULT_REQUEST_TIMEOUT:g}); longer gets 503")
     s.add_argument("--cache-dir", help="weights cache (default: the Hugging Face hub cache)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
@@ -570,7 +802,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     app = create_app(args.backbone, weights=args.weights, methods=args.method or None, device=args.device,
                      max_queue=args.max_queue, workers=args.workers, max_upload_mb=args.max_upload_mb,
-                     max_pixels=args.max_pixels, tokenizer=args.tokenizer, cache_dir=args.cache_dir)
+                     max_pixels=args.max_pixels, tokenizer=args.tokenizer, cache_dir=args.cache_dir,
+                     max_classes=args.max_classes, max_class_chars=args.max_class_chars,
+                     body_timeout=args.body_timeout, request_timeout=args.request_timeout)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: the API has no authentication", flush=True)
     print(f"ovss serve: http://{args.host}:{args.port}  (POST /segment, GET /methods, GET /health; "

@@ -7,9 +7,12 @@ L2-normalised template embeddings, normalised again (CLIP's prompt ensembling).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -224,6 +227,14 @@ def parse_classes(classes: "str | os.PathLike | Sequence[str | Sequence[str]] | 
     return ClassSpec(tuple(tuple(dict.fromkeys(g)) for g in groups), bool(background))
 
 
+# Bounds of the embedding caches: a server takes class names from anyone, and every unique name
+# used to be kept forever. Memory: this many queries per bank, least recently used dropped first
+# (~2-4 KiB each). Disk: this many MiB per (weights, templates) folder, least recently used files
+# deleted first. Evicted queries are simply encoded again.
+DEFAULT_MEMORY_ITEMS = 4096
+DEFAULT_DISK_MB = 256.0
+
+
 def _default_cache_dir() -> Path:
     root = os.environ.get("OVSS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.join(Path.home(), ".cache")), "ovss")
@@ -234,12 +245,15 @@ class TextBank:
     """Query embeddings for a CLIP model, cached on disk per (weights, templates, query).
 
     The cache key is the weights identity, the exact template list and the query string, so a
-    query is encoded once per model and template set whatever class list it appears in.
+    query is encoded once per model and template set whatever class list it appears in. Both
+    caches are bounded (`memory_items` queries, `disk_mb` MiB; None = unbounded disk), evicting
+    the least recently used.
     """
 
     def __init__(self, model, tokenizer, weights_id: str, templates: str | Sequence[str] = "imagenet80",
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 256,
-                 use_cache: bool = True, crop_context: bool = True):
+                 use_cache: bool = True, crop_context: bool = True,
+                 memory_items: int = DEFAULT_MEMORY_ITEMS, disk_mb: float | None = DEFAULT_DISK_MB):
         self.model = model
         self.crop_context = crop_context  # run the text tower only up to the longest prompt
         self.tokenizer = tokenizer
@@ -249,56 +263,116 @@ class TextBank:
         tkey = hashlib.sha256(json.dumps(self.templates).encode()).hexdigest()[:16]
         base = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
         self.cache_dir = base / weights_id / tkey if use_cache else None
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # LRU order, newest last
+        self.memory_items = memory_items
+        self.disk_bytes = None if disk_mb is None else int(disk_mb * 2**20)
+        self._disk_used: int | None = None  # bytes under cache_dir, counted on the first store
+        # Called between text batches; raising there abandons the call (a server frees a worker
+        # whose request already timed out instead of encoding a huge class list to the end).
+        self.interrupt: Callable[[], None] | None = None
 
     def _path(self, query: str) -> Path | None:
         if self.cache_dir is None:
             return None
         return self.cache_dir / (hashlib.sha256(query.encode("utf-8")).hexdigest()[:32] + ".pt")
 
+    def _remember(self, query: str, emb: torch.Tensor) -> None:
+        self._memory[query] = emb
+        self._memory.move_to_end(query)
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
+
     def _load(self, query: str) -> torch.Tensor | None:
         if query in self._memory:
+            self._memory.move_to_end(query)
             return self._memory[query]
         p = self._path(query)
         if p is not None and p.is_file():
             try:
                 blob = torch.load(p, map_location="cpu", weights_only=True)
                 if blob.get("query") == query:
-                    self._memory[query] = blob["embedding"]
+                    self._remember(query, blob["embedding"])
+                    os.utime(p)  # recently used: the disk bound evicts by modification time
                     return blob["embedding"]
             except Exception:  # a damaged cache entry is recomputed, never fatal
                 pass
         return None
 
     def _store(self, query: str, emb: torch.Tensor) -> None:
-        self._memory[query] = emb
+        self._remember(query, emb)
         p = self._path(query)
         if p is None:
             return
         from ..data.io import atomic_write
 
+        existed = p.is_file()
         atomic_write(p, lambda f: torch.save({"query": query, "embedding": emb}, f))
+        if self.disk_bytes is None:
+            return
+        if self._disk_used is None:
+            self._disk_used = sum(e.stat().st_size for e in os.scandir(p.parent) if e.name.endswith(".pt"))
+        elif not existed:
+            self._disk_used += p.stat().st_size
+        if self._disk_used > self.disk_bytes:
+            self._prune_disk()
+
+    def _prune_disk(self) -> None:
+        """Delete the least recently used files until the folder is under 90 % of its bound."""
+        assert self.cache_dir is not None and self.disk_bytes is not None
+        files = []
+        for e in os.scandir(self.cache_dir):
+            if e.name.endswith(".pt"):
+                with contextlib.suppress(OSError):
+                    st = e.stat()
+                    files.append((st.st_mtime_ns, st.st_size, e.path))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        for _, size, path in files:
+            if total <= 0.9 * self.disk_bytes:
+                break
+            with contextlib.suppress(OSError):  # another process may have removed it already
+                os.unlink(path)
+            total -= size
+        self._disk_used = total
 
     @torch.no_grad()
     def encode_queries(self, queries: Iterable[str]) -> torch.Tensor:
         """Queries -> (Q, C) float32 L2-normalised embeddings on CPU."""
         queries = list(queries)
-        todo = [q for q in dict.fromkeys(queries) if self._load(q) is None]
+        found: dict[str, torch.Tensor] = {}  # not read back from the bounded cache: it may evict
+        todo = []
+        for q in dict.fromkeys(queries):
+            emb = self._load(q)
+            if emb is None:
+                todo.append(q)
+            else:
+                found[q] = emb
         if todo:
-            self._encode(todo)
-        return torch.stack([self._memory[q] for q in queries])
+            found.update(self._encode(todo))
+        return torch.stack([found[q] for q in queries])
 
-    def _encode(self, queries: list[str]) -> None:
+    def _encode(self, queries: list[str]) -> dict[str, torch.Tensor]:
+        """Encode in batches of prompts; each query is stored as soon as all its templates are
+        encoded, so an interrupted call (see `interrupt`) keeps what it finished for a retry."""
         prompts = [t.format(q) for q in queries for t in self.templates]
         device = next(self.model.parameters()).device
-        feats = []
+        n_templates = len(self.templates)
+        out: dict[str, torch.Tensor] = {}
+        rows = torch.empty(0)  # template features of the queries not finished yet
         for i in range(0, len(prompts), self.batch_size):
+            if self.interrupt is not None:
+                self.interrupt()
             tokens = self.tokenizer(prompts[i : i + self.batch_size]).to(device)
-            feats.append(F.normalize(self.model.encode_text(tokens, crop=self.crop_context).float(), dim=-1).cpu())
-        per_query = torch.cat(feats).view(len(queries), len(self.templates), -1)
-        emb = F.normalize(per_query.mean(dim=1), dim=-1)
-        for q, e in zip(queries, emb):
-            self._store(q, e.clone())
+            feats = F.normalize(self.model.encode_text(tokens, crop=self.crop_context).float(), dim=-1).cpu()
+            rows = torch.cat([rows, feats]) if rows.numel() else feats
+            n = rows.shape[0] // n_templates
+            if n:
+                emb = F.normalize(rows[: n * n_templates].view(n, n_templates, -1).mean(dim=1), dim=-1)
+                for q, e in zip(queries[len(out) : len(out) + n], emb):
+                    out[q] = e.clone()
+                    self._store(q, out[q])
+                rows = rows[n * n_templates :]
+        return out
 
     def encode(self, spec: ClassSpec) -> torch.Tensor:
         """(Q, C) embeddings of every query of a class spec, in `spec.queries` order."""

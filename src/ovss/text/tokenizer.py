@@ -38,6 +38,7 @@ EOW = "</w>"  # end-of-word marker glued to a word's last symbol
 # merges + 2 specials = 49408 ids. Apply the same cap so longer files give the same vocabulary.
 MAX_MERGES = 49152 - 256 - 2
 OPENAI_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+MAX_CACHED_TOKEN = 256  # longer pre-tokens are not memoised (each could hold megabytes)
 MERGES_HEADER = "#version: 0.2"  # first line of a merges file; readers skip it whatever it says
 
 # CLIP's pre-tokenizer: specials, English contractions, letter runs, single digits, and runs of
@@ -91,6 +92,54 @@ def _merge_pair(symbols: Sequence[str], first: str, second: str) -> list[str]:
         else:
             out.append(symbols[i])
             i += 1
+    return out
+
+
+def _bpe_merge(word: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """The reference's BPE loop in O(n log n) instead of O(n * merges applied).
+
+    The reference repeatedly takes the lowest-ranked adjacent pair and merges all its
+    non-overlapping occurrences left to right; on a long word (a 30k-letter "class name") that
+    rescans the whole word once per merge, quadratic time. Here the symbols are a linked list and
+    every adjacent ranked pair sits in a heap keyed (rank, left position): all entries of the
+    lowest rank are taken at once and merged in position order, skipping those a merge of the
+    same batch consumed, which is exactly the reference's left-to-right pass. A merge only
+    creates pairs containing the merged symbol, which can never be the pair being merged, so
+    taking the batch before pushing them changes nothing. Stale entries are dropped on pop.
+    """
+    n = len(word)
+    if n < 2:
+        return word
+    sym = list(word)
+    nxt = [*range(1, n), -1]
+    prv = list(range(-1, n - 1))
+    alive = [True] * n
+    heap = [(r, i) for i in range(n - 1) if (r := ranks.get((sym[i], sym[i + 1]))) is not None]
+    heapq.heapify(heap)
+    while heap:
+        rank = heap[0][0]
+        batch = []
+        while heap and heap[0][0] == rank:
+            batch.append(heapq.heappop(heap)[1])
+        for i in batch:  # ascending positions: the reference's left-to-right pass
+            j = nxt[i]
+            if not alive[i] or j < 0 or ranks.get((sym[i], sym[j])) != rank:
+                continue  # consumed by this batch, or the pair changed since it was pushed
+            sym[i] += sym[j]
+            alive[j] = False
+            k = nxt[j]
+            nxt[i] = k
+            if k >= 0:
+                prv[k] = i
+                if (r := ranks.get((sym[i], sym[k]))) is not None:
+                    heapq.heappush(heap, (r, i))
+            p = prv[i]
+            if p >= 0 and (r := ranks.get((sym[p], sym[i]))) is not None:
+                heapq.heappush(heap, (r, p))
+    out, i = [], 0
+    while i >= 0:
+        out.append(sym[i])
+        i = nxt[i]
     return out
 
 
@@ -205,21 +254,11 @@ class Tokenizer:
         cached = self._cache.get(token)
         if cached is not None:
             return cached
-        word = [*token[:-1], token[-1] + EOW]
-        ranks = self.bpe_ranks
-        while len(word) > 1:
-            best_rank, best = None, None
-            for pair in pairwise(word):
-                rank = ranks.get(pair)
-                if rank is not None and (best_rank is None or rank < best_rank):
-                    best_rank, best = rank, pair
-            if best is None:
-                break
-            word = _merge_pair(word, *best)
-        result = tuple(word)
-        if len(self._cache) >= 200_000:  # bound memory for long-running processes
-            self._cache = {SOT: (SOT,), EOT: (EOT,)}
-        self._cache[token] = result
+        result = tuple(_bpe_merge([*token[:-1], token[-1] + EOW], self.bpe_ranks))
+        if len(token) <= MAX_CACHED_TOKEN:  # a pathological long word is not worth keeping
+            if len(self._cache) >= 200_000:  # bound memory for long-running processes
+                self._cache = {SOT: (SOT,), EOT: (EOT,)}
+            self._cache[token] = result
         return result
 
     def encode(self, text: str) -> list[int]:
