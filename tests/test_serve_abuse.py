@@ -31,7 +31,7 @@ httpx = pytest.importorskip("httpx", reason="the API tests need httpx")
 
 from test_serve import CLASSES, Server, png_bytes, post, scene  # after the skips
 
-from ovss.serve import DEFAULT_MAX_CLASS_CHARS, DEFAULT_MAX_CLASSES, WorkerPool
+from ovss.apps.serve import DEFAULT_MAX_CLASS_CHARS, DEFAULT_MAX_CLASSES, WorkerPool
 
 
 def names(n: int, length: int = 8, seed: int = 0) -> str:
@@ -333,7 +333,7 @@ def test_404_and_405_are_json_with_status(server, method, path, status):
 
 def test_an_unexpected_error_is_a_json_500(weights, monkeypatch):
     """A bug inside a request (here: the segmenter raising) gives JSON 500, not plain text."""
-    from ovss.serve import ModelCache, create_app
+    from ovss.apps.serve import ModelCache, create_app
 
     models = ModelCache(str(weights), device="cpu")
     app = create_app(models=models, preload=False)
@@ -373,13 +373,13 @@ class CountingModel(torch.nn.Module):
 @pytest.fixture(scope="module")
 def clip_and_tok(tiny_clip_dir):
     from ovss.backbones.factory import create_clip
-    from ovss.backbones.tokenizer import Tokenizer
+    from ovss.text.tokenizer import Tokenizer
 
     return create_clip(str(tiny_clip_dir / "model.safetensors")).model, Tokenizer.from_dir(tiny_clip_dir)
 
 
 def test_memory_cache_is_an_lru_with_a_bound(clip_and_tok, tmp_path):
-    from ovss.text_bank import TextBank
+    from ovss.text.bank import TextBank
 
     model, tok = clip_and_tok
     counting = CountingModel(model)
@@ -398,7 +398,7 @@ def test_memory_cache_is_an_lru_with_a_bound(clip_and_tok, tmp_path):
 
 
 def test_disk_cache_is_bounded_and_drops_the_least_recently_used(clip_and_tok, tmp_path):
-    from ovss.text_bank import TextBank
+    from ovss.text.bank import TextBank
 
     model, tok = clip_and_tok
     queries = names(60, seed=7).split(", ")
@@ -422,7 +422,7 @@ def test_disk_cache_is_bounded_and_drops_the_least_recently_used(clip_and_tok, t
 def test_an_interrupted_encoding_keeps_the_queries_it_finished(clip_and_tok, tmp_path):
     """The server's request deadline stops a long encoding between batches (`interrupt`); the
     queries already complete stay cached, so a retry encodes only the rest, to the same values."""
-    from ovss.text_bank import TextBank
+    from ovss.text.bank import TextBank
 
     model, tok = clip_and_tok
     queries = names(10, seed=8).split(", ")  # 10 x 80 prompts: 4 batches of 256

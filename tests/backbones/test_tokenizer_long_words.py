@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ovss.backbones.tokenizer import EOW, Tokenizer, write_merges
+from ovss.text.tokenizer import EOW, Tokenizer, write_merges
 
 SMALL_VOCAB = Path(__file__).resolve().parents[1] / "golden" / "tokenizer" / "small_vocab.txt.gz"
 CONSONANTS, VOWELS = "bcdfghjklmnpqrstvwxz", "aeiouy"
