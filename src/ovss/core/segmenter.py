@@ -23,7 +23,7 @@ from ..heads.dense import patch_logits
 from ..heads.plugin import check_plugins, providers
 from ..text.bank import ClassSpec, TextBank, parse_classes
 from ..text.tokenizer import Tokenizer
-from .decision import class_probabilities, decide
+from .decision import class_probabilities, decide, reduce_queries
 from .protocol import preprocess, slide_logits, window_boxes
 from .recipe import MethodSpec, Recipe, get_method
 from .resize import upsample, upsample_rows
@@ -348,15 +348,26 @@ class Segmenter:
 
     def decide(self, low: torch.Tensor, state: ImageState, spec: ClassSpec) -> Decided:
         """Stitched (Q, h, w) logits -> the label map at `state.size`, through the refiners of
-        both stages and the recipe's decision rule (labels in `spec`'s classes)."""
+        both stages and the recipe's decision rule (labels in `spec`'s classes).
+
+        Order: network-stage refiners -> (with `decision.reduce="before_resize"`: each class's
+        max over its queries' logits, as LPOSS) -> resize to `state.size` -> full-stage refiners
+        -> logit scale, softmax over the queries, (with "after_resize", the default: each class's
+        max over its queries' probabilities) -> area rule, threshold, argmax. The two orders
+        differ only for classes with several queries when the original size is not the
+        network size."""
         d = self.recipe.decision
-        q2c, nc = spec.query_to_class, len(spec)
         # Without a background class, the threshold must not overwrite class 0: decide with
         # prob_thd=0 and remember which pixels passed it.
         thd_bg = spec.background or d.prob_thd <= 0
-        dd = d if thd_bg else type(d)(d.logit_scale, 0.0, d.area_thd)
+        dd = d if thd_bg else dataclasses.replace(d, prob_thd=0.0)
         h, w = size = state.size
         low = self.refine(low, state, spec, "network")
+        if d.reduce == "before_resize":
+            low = reduce_queries(low, spec.query_to_class, len(spec))
+            # from here on one query per class (full-stage refiners see the class map they get)
+            spec = dataclasses.replace(spec, synonyms=tuple(s[:1] for s in spec.synonyms))
+        q2c, nc = spec.query_to_class, len(spec)
         if low.shape[0] * h * w <= FULL_SIZE_BUDGET:
             logits = self.refine(upsample(low, size), state, spec)
             record("logits", logits)
@@ -401,9 +412,11 @@ class Segmenter:
             sel = p.gather(0, lab[None])[0]
             sums += torch.zeros(nc, dtype=torch.float64).index_add_(0, lab.flatten().cpu(), sel.flatten().double().cpu()).numpy()
             cnts += np.bincount(lab.flatten().cpu().numpy(), minlength=nc)
+        record("logits", low)  # over the budget, the decision's logits stay at the network size
         probs_low = class_probabilities(low, q2c, nc, d.logit_scale)
         if keep is not None:
             probs_low[1:] *= keep.view(-1, 1, 1)
+        record("probs", probs_low)
         means = [float(s / c) if c else float("nan") for s, c in zip(sums, cnts)]
         return labels, probs_low.float().cpu().numpy(), means, False, assigned
 
