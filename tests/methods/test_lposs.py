@@ -77,8 +77,17 @@ def test_label_maps_match_reference_through_the_public_call(golden, method):
                     overrides={"protocol.short_side": None, "plugins": "lposs:vfm=golden-dino16"})
     assert seg.recipe.decision.reduce == "before_resize"
     ori = tuple(g["ori_shape"].tolist())
-    res = seg(g["image"].numpy(), SPEC_C, queries=g["queries"], size=ori)
+    res = seg(g["image"].numpy(), SPEC_C, queries=g["queries"], size=ori, trace=True)
     assert res.labels.shape == ori and list(res.class_names) == list(SPEC_C.names)
+    t = res.trace
+    assert set(seg.trace_names) == set(t), set(seg.trace_names) ^ set(t)
+    n = 3 * 14 * 14  # the patches of the three 224 windows, one graph
+    assert t["lposs.seeds"][0].shape == t["lposs.scores"][0].shape == (n, 8)
+    graph = t["lposs.graph"][0]
+    assert graph.is_sparse and graph.shape == (n, n) and graph._nnz() <= 2 * 400 * n
+    assert t["logits"][0].shape == (5, *ori)  # the background words reduced before the resize
+    if method == "lposs+":
+        assert t["lposs_plus.output"][0].shape == (8, 224, 448)
     bad = res.labels != g[f"{method}.labels"].numpy()
     print(method, "label mismatches", int(bad.sum()), "of", bad.size)
     assert not bad.any()

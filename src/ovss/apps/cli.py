@@ -196,9 +196,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
         p = r.protocol
         win = "whole image" if p.crop == 0 else f"windows {p.crop}/{p.stride}"
         print(f"          short side {p.short_side}, {win}, logit scale {r.decision.logit_scale}, "
-              f"prob_thd {r.decision.prob_thd}, area_thd {r.decision.area_thd}")
+              f"prob_thd {r.decision.prob_thd}, area_thd {r.decision.area_thd}, "
+              f"synonyms reduced {r.decision.reduce.replace('_', ' ')}")
         if r.plugins or r.refiners:
             print(f"          plug-ins {[repr(x) for x in r.plugins]}, refiners {[repr(x) for x in r.refiners]}")
+        _print_trace_names(m)
         for pname, preset in m.presets.items():
             print(f"  preset {pname}:")
             for k, v in preset.overrides.items():
@@ -212,6 +214,22 @@ def cmd_methods(args: argparse.Namespace) -> int:
             if preset.note:
                 print(f"    note: {preset.note}")
     return 0
+
+
+def _print_trace_names(m) -> None:
+    """The names a traced call records (`seg(image, classes, trace=True).trace`), for the recipe
+    and, where presets change the plug-ins or refiners, the names only those presets add."""
+    from ..core.trace import names_of
+
+    names = names_of(m.recipe)
+    print(f"  trace: {', '.join(names)}")
+    extra: dict[str, list[str]] = {}
+    for pname in m.presets:
+        for n in names_of(m.resolve(pname)):
+            if n not in names:
+                extra.setdefault(n, []).append(pname)
+    for n, presets in extra.items():
+        print(f"         {n} (presets {', '.join(presets)})")
 
 
 def _method_dict(m) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from .recipe import MethodSpec, Recipe, get_method
 from .resize import upsample, upsample_rows
 from .result import Result
 from .state import ImageState
-from .trace import record, tracing
+from .trace import names_of, record, refiner_output_name, tracing
 
 # Full-size (queries x H x W) logits are materialised only below this many elements (256 MB in
 # float32); larger images are upsampled and decided in bands of rows, so memory stays bounded
@@ -278,7 +278,7 @@ class Segmenter:
                 out = refiner(out, guide, context=context)
             else:
                 out = refiner(out, guide)
-            record(f"refined.{type(refiner).__name__.lower()}", out[0])
+            record(refiner_output_name(refiner), out[0])
         return out[0]
 
     @torch.no_grad()
@@ -299,9 +299,16 @@ class Segmenter:
     @contextmanager
     def trace(self):
         """`with seg.trace() as t: seg(image, classes)` -> t: {stage name: [tensors]} of every
-        intermediate the pieces record (names per method: `ovss methods NAME`)."""
+        intermediate the pieces record during the block (any public call: `stitched_logits`,
+        `decide`, the full call ...); the names are `seg.trace_names` (`ovss methods NAME`)."""
         with tracing() as found:
             yield found
+
+    @property
+    def trace_names(self) -> tuple[str, ...]:
+        """What a traced call of this recipe records: `core.trace.CORE_NAMES`, then the names its
+        head plug-ins and refiners declare (`trace_names`)."""
+        return names_of(self.recipe)
 
     # ---- the full call ---------------------------------------------------------------------
     @torch.no_grad()
