@@ -244,3 +244,41 @@ def test_cli_segment_with_a_local_dino_file(tmp_path):
     r = get_method("cass").recipe
     with pytest.raises(ValueError, match="the DINO model has 3 heads, CLIP's last block 2"):
         CASSHead().features(visual, r.attention, r.surgery, tok.tokens, tok.grid, torch.randn(3, 16, 8))
+
+
+def test_cli_dino_keeps_the_presets_head_settings(tmp_path):
+    """`--dino FILE` replaces only the DINO model: `cass --preset voc20` keeps the preset's head
+    settings (stretch=False, prior_weight=0.4), where `--set plugins=cass:vfm=FILE` starts from
+    the plug-in's defaults (stretch=True, prior_weight=0.1)."""
+    import json
+    import subprocess
+    import sys
+
+    from ovss.apps.cli import _dino_for, build_parser
+
+    dg = load_file(str(GOLDEN / "dino_small.safetensors"))
+    dino = tmp_path / "dino_small.pth"
+    torch.save({k[7:]: v for k, v in dg.items() if k.startswith("dino.w.")}, dino)
+    assets = Path(__file__).parents[2] / "src/ovss/data/assets/examples"
+    cmd = [sys.executable, "-m", "ovss", "segment", str(assets / "scene_a.png"), "--classes-file",
+           str(assets / "scene_a.txt"), "--backbone", "tiny-synthetic", "--method", "cass", "--preset", "voc20",
+           "--dino", str(dino), "--out", str(tmp_path / "out")]
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OVSS_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "out" / "scene_a.json").read_text())
+    (head,) = side["recipe"]["plugins"]
+    assert head.startswith("CASSHead(") and f"vfm={str(dino)!r}" in head
+    assert "stretch=False" in head and "prior_weight=0.4" in head and "text_weight=0.02" in head
+    reset = get_method("cass").resolve("voc20", {"plugins": f"cass:vfm={dino}"}).plugins[0]
+    assert reset.stretch and reset.prior_weight == 0.1  # what --set plugins=... gives instead
+    # ovss eval: with several methods only those that borrow a DINO model get it
+    args = build_parser().parse_args(["eval", "--dataset", "voc21", "--root", ".", "--method", "maskclip,cass",
+                                      "--dino", str(dino)])
+    assert _dino_for(args, get_method("cass")) == str(dino) and _dino_for(args, get_method("maskclip")) is None
+    one = build_parser().parse_args(["eval", "--dataset", "voc21", "--root", ".", "--method", "maskclip",
+                                     "--dino", str(dino)])
+    assert _dino_for(one, get_method("maskclip")) == str(dino)  # a single method: Segmenter says why not
+    with pytest.raises(ValueError, match="uses no DINO model"):
+        Segmenter("maskclip", clip=create_clip(str(GOLDEN / "clip_small.safetensors")), device="cpu",
+                  tokenizer=VOCAB, dino=str(dino))
