@@ -81,7 +81,7 @@ def test_a_traced_call_returns_every_declared_name():
 def test_lower_level_calls_record_in_a_trace_block():
     seg = ovss.load("maskclip", backbone="tiny-synthetic", device="cpu")
     state = seg.preprocess(SCENE)
-    spec, q = seg.queries("sky, grass, road")
+    _, q = seg.queries("sky, grass, road")
     with seg.trace() as t:
         low = seg.stitched_logits(state, q)
     assert set(t) == {"input", "stitched_logits"} and torch.equal(t["stitched_logits"][0], low)

@@ -16,7 +16,6 @@ import torch
 from deep_parity import GOLDEN, VOCAB, load_golden, small_clip
 
 import ovss
-from ovss.ops.affinity import self_correlation
 from ovss.backbones.vit import Tap
 from ovss.core.protocol import preprocess
 from ovss.core.resize import upsample

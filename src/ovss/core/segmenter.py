@@ -457,6 +457,11 @@ def _as_float_image(image: Any) -> np.ndarray | None:
             raise ValueError(f"a float image must be HxWx3 (RGB, 0-255 scale), got shape {image.shape}")
         if not np.isfinite(image).all():
             raise ValueError("the float image has NaN or infinite values")
+        if image.size and float(image.max()) <= 1.0:
+            import warnings
+
+            warnings.warn("every value of the float image is in [0, 1], but float images are taken on "
+                          "the 0-255 scale (as given); multiply by 255 (or pass uint8)", stacklevel=4)
         return image.astype(np.float32, copy=False)
     return None
 
