@@ -287,7 +287,9 @@ class Segmenter:
         """Per-pixel cosine logits (Q, H, W) at the original size, one row per query
         (`parse_classes(classes).queries`), after the recipe's pixel refiners (unless
         `refine=False`) and before logit scale, softmax and thresholds. `queries`: precomputed
-        unit text embeddings (Q, C) instead of encoding `classes`; `size`: see `preprocess`."""
+        unit text embeddings (Q, C) instead of encoding `classes`; `size`: see `preprocess`.
+        (A recipe with `decision.reduce="before_resize"`, LPOSS, reduces a class's queries at the
+        network size in `decide`; these per-query logits are resized before any reduction.)"""
         spec, q = self._spec_and_queries(classes, queries)
         state = self.preprocess(image, size, keep_image=False)
         low = self.stitched_logits(state, q)
