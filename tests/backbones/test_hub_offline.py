@@ -157,12 +157,12 @@ def test_offline_env_makes_no_connection(monkeypatch, tmp_path):
 
 
 def test_the_message_says_where_a_local_file_goes(tmp_path):
-    """A CLIP's local file goes to --weights; a method's DINO model is named in its plug-in."""
+    """A CLIP's local file goes to --weights; a method's DINO model to --dino (dino= in Python)."""
     from ovss.backbones.hub import _how_to_get
 
     clip = _how_to_get("org/clip", ("a.bin",), "clip-vit-b16", tmp_path, "offline")
     dino = _how_to_get("facebook/dino-vitb8", ("a.bin",), "dino-vitb8", tmp_path, "offline")
     timm = _how_to_get("timm/x", ("a.bin",), "timm:dino-vitb16", tmp_path, "offline")
-    assert "`--weights /path/to/file`" in clip and "vfm=" not in clip
-    assert "`--set plugins=cass:vfm=/path/to/file`" in dino and "--weights" not in dino
-    assert "vfm=" in timm and "`ovss download timm:dino-vitb16`" in timm
+    assert "`--weights /path/to/file`" in clip and "--dino" not in clip
+    assert "`--dino /path/to/file`" in dino and "dino=" in dino and "--weights" not in dino
+    assert "--dino" in timm and "`ovss download timm:dino-vitb16`" in timm

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from ovss.backbones.dino import create_dino
 from ovss.backbones.factory import create_clip
 from ovss.ops.hierarchy import ward_clusters
-from ovss.core.resize import upsample
 from ovss.methods import get_method
 from ovss.heads.cass import CASSHead
 from ovss.heads.vfm import register_vfm
@@ -66,17 +65,19 @@ def _segmenter(clip, run, seed, **extra):
                                 "plugins": f"cass:vfm=golden-dino,seed={seed},{plugin}" + (f",{more}" if more else "")})
 
 
-def _run(seg, g, run):
+def _run(seg, g, run, trace=None):
+    """The golden image through `preprocess`, `stitched_logits` and `decide` (traced into
+    `trace` when given) -> (the full-size logits the decision reads, the label map)."""
     spec = _spec(g["query_to_class"].tolist())
-    seg_queries = g["queries"]
     image = g[f"{run}.image"]
     ori = tuple(image.shape[:2])
-    with torch.no_grad():
-        state = seg.preprocess(image.numpy(), size=ori)
-        low = seg.stitched_logits(state, seg_queries)
-        logits = seg.refine(upsample(low, ori), state)
+    state = seg.preprocess(image.numpy(), size=ori)
+    with seg.trace() as t:
+        low = seg.stitched_logits(state, g["queries"])
         labels = seg.decide(low, state, spec).labels
-    return logits, torch.as_tensor(labels)
+    if trace is not None:
+        trace.update(t)
+    return t["logits"][0], torch.as_tensor(labels)
 
 
 def test_text_clusters_match_reference(golden):
@@ -89,29 +90,24 @@ def test_text_clusters_match_reference(golden):
 
 
 @pytest.mark.parametrize("run", list(RUNS))
-def test_logits_and_labels_match_reference(golden, clip, run, monkeypatch):
-    from ovss.ops import spectral
-
+def test_logits_and_labels_match_reference(golden, clip, run):
     g, step, seed = golden
-    seen = []
-    match = spectral.match_heads
-
-    def recording(dist, pairing="cass"):
-        m = match(dist, pairing)
-        seen.append((m.cost, m.dino_head))
-        return m
-
-    monkeypatch.setattr(spectral, "match_heads", recording)
-    logits, labels = _run(_segmenter(clip, run, seed), g, run)
+    seg = _segmenter(clip, run, seed)
+    t = {}
+    logits, labels = _run(seg, g, run, t)
+    assert set(seg.trace_names) == set(t), set(seg.trace_names) ^ set(t)
     n_win = len([k for k in g if k.startswith(f"{run}.cost")])
-    assert len(seen) == n_win
-    for i, (cost, cols) in enumerate(seen):
+    assert len(t["cass.cost"]) == len(t["cass.assignment"]) == n_win  # one head matching per window
+    for i, (cost, cols) in enumerate(zip(t["cass.cost"], t["cass.assignment"])):
         # the decision the cost's ties feed (the head assignment) must be the reference's; the
         # cost itself depends on the CPU's summation order (eigen solvers, matmul kernels)
         assert torch.equal(cols, g[f"{run}.cols{i}"].to(cols.dtype))
         cdiff = (cost - g[f"{run}.cost{i}"]).abs().max().item()
         print(run, i, "cost diff", cdiff)
         assert cdiff < COST_TOL, cdiff
+    # the queries' Ward clusters the presence step used: the reference's partition
+    ours, ref = t["cass.clusters"][0], g["clusters"].numpy()
+    assert ((ours[:, None] == ours[None, :]) == (ref[:, None] == ref[None, :])).all()
     diff = (logits[:, ::step, ::step] - g[f"{run}.logits"]).abs().max().item()
     print(run, "max abs diff", diff)
     assert diff < LOGITS_TOL, diff
@@ -187,8 +183,10 @@ def test_dinov2_graph_option_runs(golden, clip):
     register_vfm("golden-dinov2r", create_dino(weights={k[10:]: v for k, v in dg.items()
                                                          if k.startswith("dinov2r.w.")}).model)
     a, _ = _run(_segmenter(clip, "whole", seed), g, "whole")
-    seg = _segmenter(clip, "whole", seed)
-    seg.recipe = seg.recipe.with_overrides({"plugins": f"cass:vfm=golden-dinov2r,dino_side=518,seed={seed}"})
+    preset, _, overrides = RUNS["whole"]
+    seg = Segmenter("cass", clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
+                    overrides={"protocol.short_side": None, **overrides,
+                               "plugins": f"cass:vfm=golden-dinov2r,dino_side=518,seed={seed}"})
     b, _ = _run(seg, g, "whole")
     assert b.shape == a.shape and torch.isfinite(b).all() and not torch.equal(a, b)
 
@@ -246,3 +244,41 @@ def test_cli_segment_with_a_local_dino_file(tmp_path):
     r = get_method("cass").recipe
     with pytest.raises(ValueError, match="the DINO model has 3 heads, CLIP's last block 2"):
         CASSHead().features(visual, r.attention, r.surgery, tok.tokens, tok.grid, torch.randn(3, 16, 8))
+
+
+def test_cli_dino_keeps_the_presets_head_settings(tmp_path):
+    """`--dino FILE` replaces only the DINO model: `cass --preset voc20` keeps the preset's head
+    settings (stretch=False, prior_weight=0.4), where `--set plugins=cass:vfm=FILE` starts from
+    the plug-in's defaults (stretch=True, prior_weight=0.1)."""
+    import json
+    import subprocess
+    import sys
+
+    from ovss.apps.cli import _dino_for, build_parser
+
+    dg = load_file(str(GOLDEN / "dino_small.safetensors"))
+    dino = tmp_path / "dino_small.pth"
+    torch.save({k[7:]: v for k, v in dg.items() if k.startswith("dino.w.")}, dino)
+    assets = Path(__file__).parents[2] / "src/ovss/data/assets/examples"
+    cmd = [sys.executable, "-m", "ovss", "segment", str(assets / "scene_a.png"), "--classes-file",
+           str(assets / "scene_a.txt"), "--backbone", "tiny-synthetic", "--method", "cass", "--preset", "voc20",
+           "--dino", str(dino), "--out", str(tmp_path / "out")]
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OVSS_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "out" / "scene_a.json").read_text())
+    (head,) = side["recipe"]["plugins"]
+    assert head.startswith("CASSHead(") and f"vfm={str(dino)!r}" in head
+    assert "stretch=False" in head and "prior_weight=0.4" in head and "text_weight=0.02" in head
+    reset = get_method("cass").resolve("voc20", {"plugins": f"cass:vfm={dino}"}).plugins[0]
+    assert reset.stretch and reset.prior_weight == 0.1  # what --set plugins=... gives instead
+    # ovss eval: with several methods only those that borrow a DINO model get it
+    args = build_parser().parse_args(["eval", "--dataset", "voc21", "--root", ".", "--method", "maskclip,cass",
+                                      "--dino", str(dino)])
+    assert _dino_for(args, get_method("cass")) == str(dino) and _dino_for(args, get_method("maskclip")) is None
+    one = build_parser().parse_args(["eval", "--dataset", "voc21", "--root", ".", "--method", "maskclip",
+                                     "--dino", str(dino)])
+    assert _dino_for(one, get_method("maskclip")) == str(dino)  # a single method: Segmenter says why not
+    with pytest.raises(ValueError, match="uses no DINO model"):
+        Segmenter("maskclip", clip=create_clip(str(GOLDEN / "clip_small.safetensors")), device="cpu",
+                  tokenizer=VOCAB, dino=str(dino))

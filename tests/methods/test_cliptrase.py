@@ -16,7 +16,6 @@ import torch
 from deep_parity import GOLDEN, VOCAB, load_golden, small_clip
 
 import ovss
-from ovss.ops.affinity import self_correlation
 from ovss.backbones.vit import Tap
 from ovss.core.protocol import preprocess
 from ovss.core.resize import upsample
@@ -60,6 +59,9 @@ def clip():
 
 @pytest.fixture(scope="module")
 def outputs(golden, clip):
+    """Each golden image through `preprocess`, `stitched_logits` and `decide`, traced: the label
+    map, the logits the decision reads, and the `cluster` refiner's block-11 self-correlation map
+    and DBSCAN labels as it recorded them; "plain" is the same without the clustering."""
     g, _ = golden
     out = {}
     for run, (preset, size, bg) in RUNS.items():
@@ -70,21 +72,16 @@ def outputs(golden, clip):
         for key, over in (("full", {}), ("plain", {"plugins": "", "refiners": ""})):
             seg = Segmenter("cliptrase", clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
                             overrides={"protocol.short_side": None, **over})
-            seg_queries = q
-            with torch.no_grad():
-                state = seg.preprocess(image, size=(size, size))
-                low = seg.stitched_logits(state, seg_queries)
+            state = seg.preprocess(image, size=(size, size))
+            with seg.trace() as t:
+                low = seg.stitched_logits(state, q)
                 res[key + ".labels"] = seg.decide(low, state, spec).labels
-                res[key + ".logits"] = upsample(low, (size, size))
-                if key == "full":
-                    left = state.features
-                    res["cache_hit"] = bool(left.get("taps"))  # one window: the readout's own pass
-                    ctx = RefineContext(seg.visual, state.x, spec.query_to_class, len(spec), dict(left))
-                    (cl,) = seg.recipe.refiners
-                    vals, _ = ctx.tap_values(cl.taps())
-                    qq, kk, vv = vals[f"qkv:{cl.layer}"][10]
-                    res["map11"] = self_correlation(qq, kk, vv)[0]
-                    res["regions"] = cl.regions(ctx, (size, size))
+            assert set(seg.trace_names) == set(t), set(seg.trace_names) ^ set(t)
+            res[key + ".logits"] = t["logits"][0]
+            if key == "full":
+                res["cache_hit"] = bool(state.features.get("taps"))  # one window: the readout's own pass
+                res["map11"] = t["cluster.self_correlation"][0]
+                res["dbscan"] = t["cluster.dbscan"][0]
         out[run] = res
     return out
 
@@ -99,7 +96,7 @@ def test_self_correlation_map_matches_reference(golden, outputs, run):
 @pytest.mark.parametrize("run", sorted(RUNS))
 def test_dbscan_labels_match_sklearn_in_the_reference(golden, outputs, run):
     g, _ = golden
-    labels, _ = outputs[run]["regions"]
+    labels = outputs[run]["dbscan"]
     assert torch.equal(labels, g[f"{run}.dbscan"])
     assert labels.max() >= 2  # several clusters (and some noise)
     assert outputs[run]["cache_hit"]  # one window: the readout's own pass gave the affinity

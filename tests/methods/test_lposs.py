@@ -62,11 +62,34 @@ def test_logits_and_labels_match_reference(golden, method):
     # as much with its ties broken the other way (tests/golden/README.md, `--full`). This golden
     # has no such row (smallest gap at rank 400: 3.9e-7; DINO features 1.2e-7 apart).
     assert diff < 1e-4, diff
-    from ovss.core.decision import class_probabilities, decide
 
-    labels, _ = decide(class_probabilities(logits, SPEC_C.query_to_class, 5, 1.0), get_method(method).recipe.decision)
-    bad = labels.to(torch.uint8) != g[f"{method}.labels"]
-    print(method, "label mismatches", int(bad.sum()), "of", bad.numel())
+
+@pytest.mark.parametrize("method", ["lposs", "lposs+"])
+def test_label_maps_match_reference_through_the_public_call(golden, method):
+    """The full call at the golden's original size (200x400 from a 224x448 input, class 0 = four
+    background words): `seg(image, classes, queries=, size=)` gives the reference's label map.
+    The recipe reduces the background words before the resize (`decision.reduce`, as
+    `reduce_to_true_classes`); on this golden both orders give the same map (the test of the
+    order itself is tests/methods/test_synonym_order.py)."""
+    g, _ = golden
+    clip = create_clip(str(GOLDEN / "clip_small.safetensors"))
+    seg = Segmenter(method, clip=clip, preset="voc21", device="cpu", tokenizer=VOCAB,
+                    overrides={"protocol.short_side": None, "plugins": "lposs:vfm=golden-dino16"})
+    assert seg.recipe.decision.reduce == "before_resize"
+    ori = tuple(g["ori_shape"].tolist())
+    res = seg(g["image"].numpy(), SPEC_C, queries=g["queries"], size=ori, trace=True)
+    assert res.labels.shape == ori and list(res.class_names) == list(SPEC_C.names)
+    t = res.trace
+    assert set(seg.trace_names) == set(t), set(seg.trace_names) ^ set(t)
+    n = 3 * 14 * 14  # the patches of the three 224 windows, one graph
+    assert t["lposs.seeds"][0].shape == t["lposs.scores"][0].shape == (n, 8)
+    graph = t["lposs.graph"][0]
+    assert graph.is_sparse and graph.shape == (n, n) and graph.values().numel() <= 2 * 400 * n
+    assert t["logits"][0].shape == (5, *ori)  # the background words reduced before the resize
+    if method == "lposs+":
+        assert t["lposs_plus.output"][0].shape == (8, 224, 448)
+    bad = res.labels != g[f"{method}.labels"].numpy()
+    print(method, "label mismatches", int(bad.sum()), "of", bad.size)
     assert not bad.any()
 
 

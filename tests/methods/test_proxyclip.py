@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from ovss.backbones.dino import create_dino
 from ovss.backbones.factory import create_clip
-from ovss.core.resize import upsample
 from ovss.methods import get_method
 from ovss.heads.proxy import ProxyHead
 from ovss.heads.vfm import register_vfm
@@ -46,19 +45,22 @@ def _spec(q2c):
 
 
 def test_logits_and_labels_match_reference(golden, segmenter):
+    """The full call with the golden queries at the golden's original size, traced: the logits the
+    decision reads and the label map match; the proxy affinity is recorded per batch of windows."""
     g, step = golden
     spec = _spec(g["query_to_class"].tolist())
-    segmenter_queries = g["queries"]
     ori = tuple(g["ori_shape"].tolist())
-    with torch.no_grad():
-        state = segmenter.preprocess(g["image"].numpy(), size=ori)
-        low = segmenter.stitched_logits(state, segmenter_queries)
-        logits = segmenter.refine(upsample(low, ori), state)
-        labels = segmenter.decide(low, state, spec).labels
-    diff = (logits[:, ::step, ::step] - g["logits"]).abs().max().item()
+    res = segmenter(g["image"].numpy(), spec, queries=g["queries"], size=ori, trace=True)
+    t = res.trace
+    assert set(segmenter.trace_names) == set(t), set(segmenter.trace_names) ^ set(t)
+    diff = (t["logits"][0][:, ::step, ::step] - g["logits"]).abs().max().item()
     print("max abs diff", diff)
     assert diff < 1e-4, diff
-    assert torch.equal(torch.as_tensor(labels).to(torch.uint8), g["labels"])
+    assert torch.equal(torch.as_tensor(res.labels).to(torch.uint8), g["labels"])
+    feats, aff = t["proxy.features"][0], t["proxy.affinity"][0]
+    n = feats.shape[-2] * feats.shape[-1]
+    assert aff.shape == (feats.shape[0], n, n)  # one (H'W' x H'W') affinity per window of the batch
+    assert (torch.isinf(aff) | (aff >= 0)).all()  # negatives masked to -inf
 
 
 def test_presets_and_plugin():

@@ -5,7 +5,8 @@ tower clip12_small.safetensors (tests/golden/make_deep_methods_golden.py; README
 holds the reference's per-pixel logits (what its segmentor hands to postprocess_result), its label
 map, the first window's seed label map, and for the whole-image runs A_c (the mean attention of
 blocks 6-9) and the SFR matrix. ovss's `Segmenter` runs the `resclip` presets on the same image
-with the golden queries in place of the text bank and no test-time resize.
+with the golden queries (`queries=`) and no test-time resize; the intermediate stages come from
+the public trace (`seg(..., trace=True).trace`: "rcs.attention", "sfr.seed_labels", ...).
 """
 
 
@@ -14,10 +15,7 @@ import pytest
 import torch
 from deep_parity import GOLDEN, VOCAB, assert_labels_equal, load_golden, small_clip, spec_of
 
-from ovss.heads.dense import pass_context
 from ovss.heads.feedback import SFR, label_affinity, line_of_sight, patch_mode
-from ovss.core.resize import upsample
-from ovss.core.protocol import window_boxes
 from ovss.methods import get_method
 from ovss.core.segmenter import Segmenter
 from ovss.heads.rcs import RCS
@@ -47,6 +45,8 @@ def clip():
 
 @pytest.fixture(scope="module")
 def outputs(golden, clip):
+    """The full call on each golden image, traced: the logits the decision reads, the label map,
+    and the first window's A_c, seed map and SFR matrix as the plug-ins recorded them."""
     g, _ = golden
     q = g["queries"]
     spec = spec_of(g["query_to_class"].tolist())
@@ -56,24 +56,13 @@ def outputs(golden, clip):
         ori = tuple(g[f"{run}.ori_shape"].tolist())
         seg = Segmenter("resclip", clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
                         overrides={"protocol.short_side": None, **over})
-        seg_queries = q
-        with torch.no_grad():
-            state = seg.preprocess(image, size=ori)
-            low = seg.stitched_logits(state, seg_queries)
-            x = state.x
-            logits = seg.refine(upsample(low, ori), state)
-            labels = seg.decide(low, state, spec).labels
-            p = seg.recipe.protocol
-            y1, y2, x1, x2 = window_boxes(h, w, p.crop, p.stride)[0]
-            r = seg.recipe
-            ctx = pass_context(seg.visual, x[:, :, y1:y2, x1:x2], r.attention, r.surgery, r.pos_resize, r.plugins, q)
-            rcs, sfr = r.plugins
-            a_c = rcs.middle_attention(ctx)[0]
-            seed = sfr.seed_labels(ctx, tuple(rcs.mixes(ctx, ())))[0]
-            prior = sfr.prior(seed[None])[0, 0]
-            raw = torch.zeros_like(prior, dtype=torch.float32)
-            raw[1:, 1:] = label_affinity(seed, sfr.line, sfr.std, sfr.smooth)
-        out[run] = dict(logits=logits, labels=labels, a_c=a_c, seed=seed, prior=prior, raw=raw, seg=seg)
+        res = seg(image, spec, queries=q, size=ori, trace=True)
+        t = res.trace
+        assert set(seg.trace_names) == set(t), set(seg.trace_names) ^ set(t)
+        out[run] = dict(logits=t["logits"][0], labels=res.labels.astype(np.int64),
+                        a_c=t["rcs.attention"][0][0],  # the first batch of windows' first window
+                        seed=t["sfr.seed_labels"][0][0], prior=t["sfr.prior"][0][0, 0],
+                        raw=t["sfr.affinity"][0][0, 0], seg=seg)
     return out
 
 
@@ -125,18 +114,16 @@ def test_the_seed_threshold_acts_in_the_goldens(golden, clip):
     from dataclasses import replace
 
     g, _ = golden
-    q = g["queries"]
-    r = get_method("resclip").resolve("voc21", {"protocol.short_side": None})
-    from ovss.core.protocol import preprocess
-
-    x = preprocess(g["image_224x224"].numpy(), r.protocol)
-    rcs, sfr = r.plugins
-    with torch.no_grad():
-        ctx = pass_context(clip.model.visual, x, r.attention, r.surgery, r.pos_resize, r.plugins, q)
-        mixes = tuple(rcs.mixes(ctx, ()))
-        seed = sfr.seed_labels(ctx, mixes)
-        no_thd = replace(sfr, seed_thd=0.0).seed_labels(ctx, mixes)
-    assert torch.equal(seed[0], g["whole224.seed"].long())
+    rcs, sfr = get_method("resclip").resolve("voc21").plugins
+    seeds = []
+    for plugins in ((rcs, sfr), (rcs, replace(sfr, seed_thd=0.0))):
+        seg = Segmenter("resclip", clip=clip, preset="voc21", device="cpu", tokenizer=VOCAB,
+                        overrides={"protocol.short_side": None, "plugins": plugins})
+        with seg.trace() as t:
+            seg.stitched_logits(seg.preprocess(g["image_224x224"].numpy()), g["queries"])
+        seeds.append(t["sfr.seed_labels"][0][0])
+    seed, no_thd = seeds
+    assert torch.equal(seed, g["whole224.seed"].long())
     assert (seed == 0).sum() > (no_thd == 0).sum()
 
 

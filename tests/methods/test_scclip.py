@@ -4,7 +4,8 @@ anomaly repair, affinities).
 Goldens: tests/golden/scclip_small.safetensors from SuleBai/SC-CLIP@0417ba9 on the 12-block tower
 clip12_small.safetensors (tests/golden/make_deep_methods_golden.py; README there): per run the
 reference's per-pixel logits, label map and its first window's LOF outliers and scores; and the
-reference `lof_pytorch` on three random inputs.
+reference `lof_pytorch` on three random inputs. ovss's side is the full call with the golden
+queries (`queries=`, `size=`), traced (`trace=True`: "selfcal.lof_scores", "selfcal.outliers").
 """
 
 from pathlib import Path
@@ -16,9 +17,6 @@ from deep_parity import GOLDEN, VOCAB, assert_labels_equal, load_golden, small_c
 
 from ovss.ops.affinity import aggregate, cosine_matrix, proxy_logits, threshold
 from ovss.ops.anomaly import lof_outliers, lof_scores, repair_tokens
-from ovss.heads.dense import pass_context
-from ovss.core.resize import upsample
-from ovss.core.protocol import window_boxes
 from ovss.methods import get_method
 from ovss.core.segmenter import Segmenter
 from ovss.heads.selfcal import SelfCalibration
@@ -46,6 +44,8 @@ def clip():
 
 @pytest.fixture(scope="module")
 def outputs(golden, clip):
+    """The full call on each golden image, traced: the logits the decision reads, the label map,
+    and the first window's LOF scores and anomaly tokens as the `selfcal` plug-in recorded them."""
     g, _ = golden
     q = g["queries"]
     spec = spec_of(g["query_to_class"].tolist())
@@ -55,19 +55,12 @@ def outputs(golden, clip):
         ori = tuple(g[f"{run}.ori_shape"].tolist())
         seg = Segmenter("scclip", clip=clip, preset=preset, device="cpu", tokenizer=VOCAB,
                         overrides={"protocol.short_side": None})
-        seg_queries = q
-        with torch.no_grad():
-            state = seg.preprocess(image, size=ori)
-            low = seg.stitched_logits(state, seg_queries)
-            x = state.x
-            logits = seg.refine(upsample(low, ori), state)
-            labels = seg.decide(low, state, spec).labels
-            r, p = seg.recipe, seg.recipe.protocol
-            y1, y2, x1, x2 = window_boxes(h, w, p.crop, p.stride)[0]
-            ctx = pass_context(seg.visual, x[:, :, y1:y2, x1:x2], r.attention, r.surgery, r.pos_resize, r.plugins, q)
-            scores, _ = lof_scores(ctx.out.tokens[:, 1:], 30)
-            mask = r.plugins[0].outliers(ctx)
-        out[run] = dict(seg=seg, logits=logits, labels=labels, scores=scores[0], outliers=mask[0].nonzero().flatten())
+        res = seg(image, spec, queries=q, size=ori, trace=True)
+        t = res.trace
+        assert set(seg.trace_names) == set(t), set(seg.trace_names) ^ set(t)
+        out[run] = dict(seg=seg, logits=t["logits"][0], labels=res.labels.astype(np.int64),
+                        scores=t["selfcal.lof_scores"][0][0],  # the first batch of windows' first window
+                        outliers=t["selfcal.outliers"][0][0].nonzero().flatten())
     return out
 
 

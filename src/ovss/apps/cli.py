@@ -67,7 +67,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return 0
     seg = Segmenter(args.method, backbone=args.backbone, weights=args.weights, preset=args.preset,
                     device=args.device, overrides=parse_overrides(args.set), tokenizer=args.tokenizer,
-                    cache_dir=args.cache_dir)
+                    cache_dir=args.cache_dir, dino=args.dino)
     if spec is None:
         spec = seg.preset_class_spec()
         if args.background:
@@ -131,7 +131,8 @@ def _eval_one(args: argparse.Namespace, method_name: str, dataset, out: Path):
         preset = None
     overrides = {**getattr(dataset, "default_overrides", {}), **parse_overrides(args.set)}
     seg = Segmenter(method, backbone=args.backbone, weights=args.weights, preset=preset, device=args.device,
-                    overrides=overrides, tokenizer=args.tokenizer, cache_dir=args.cache_dir)
+                    overrides=overrides, tokenizer=args.tokenizer, cache_dir=args.cache_dir,
+                    dino=_dino_for(args, method))
     classes, background = None, bool(getattr(dataset, "background", False))
     if args.classes_file:
         classes = Path(args.classes_file)
@@ -149,6 +150,20 @@ def _eval_one(args: argparse.Namespace, method_name: str, dataset, out: Path):
         print(markdown_table(results))
         print(f"results written to {out}/results.json and results.md")
     return results
+
+
+def _dino_for(args: argparse.Namespace, method) -> str | None:
+    """`--dino` for one method of `ovss eval`: with several methods (a list, 'all') only those
+    that borrow a DINO model get it; a single method without one is an error (Segmenter's)."""
+    if not args.dino or not (args.method == "all" or "," in args.method):
+        return args.dino
+    from ..core.segmenter import with_dino
+
+    try:
+        with_dino(method.recipe, args.dino, method.name)
+    except ValueError:
+        return None
+    return args.dino
 
 
 def _no_match(kind: str, pattern: str, valid: list[str]) -> int:
@@ -196,9 +211,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
         p = r.protocol
         win = "whole image" if p.crop == 0 else f"windows {p.crop}/{p.stride}"
         print(f"          short side {p.short_side}, {win}, logit scale {r.decision.logit_scale}, "
-              f"prob_thd {r.decision.prob_thd}, area_thd {r.decision.area_thd}")
+              f"prob_thd {r.decision.prob_thd}, area_thd {r.decision.area_thd}, "
+              f"synonyms reduced {r.decision.reduce.replace('_', ' ')}")
         if r.plugins or r.refiners:
             print(f"          plug-ins {[repr(x) for x in r.plugins]}, refiners {[repr(x) for x in r.refiners]}")
+        _print_trace_names(m)
         for pname, preset in m.presets.items():
             print(f"  preset {pname}:")
             for k, v in preset.overrides.items():
@@ -212,6 +229,22 @@ def cmd_methods(args: argparse.Namespace) -> int:
             if preset.note:
                 print(f"    note: {preset.note}")
     return 0
+
+
+def _print_trace_names(m) -> None:
+    """The names a traced call records (`seg(image, classes, trace=True).trace`), for the recipe
+    and, where presets change the plug-ins or refiners, the names only those presets add."""
+    from ..core.trace import names_of
+
+    names = names_of(m.recipe)
+    print(f"  trace: {', '.join(names)}")
+    extra: dict[str, list[str]] = {}
+    for pname in m.presets:
+        for n in names_of(m.resolve(pname)):
+            if n not in names:
+                extra.setdefault(n, []).append(pname)
+    for n, presets in extra.items():
+        print(f"         {n} (presets {', '.join(presets)})")
 
 
 def _method_dict(m) -> dict[str, Any]:
@@ -246,6 +279,10 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+_DINO_HELP = ("the DINO model of methods that borrow one (proxyclip, lposs, lposs+, cass): a name "
+              "(`ovss backbones dino`) or a file; the preset's other head settings are kept")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..core.version import __version__
 
@@ -264,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="read the backbone's weights from this file or folder")
     s.add_argument("--tokenizer", help="tokenizer vocabulary file or folder, if not beside the weights")
     s.add_argument("--preset", help="a method preset, e.g. a benchmark name")
+    s.add_argument("--dino", metavar="NAME_OR_FILE", help=_DINO_HELP)
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe setting, e.g. --set attention=kk+gaussian:5 --set surgery.residual=False")
     s.add_argument("--out", required=True, help="output folder")
@@ -283,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backbone", default="clip-vit-b16")
     e.add_argument("--weights")
     e.add_argument("--tokenizer")
+    e.add_argument("--dino", metavar="NAME_OR_FILE", help=_DINO_HELP)
     e.add_argument("--classes-file", help="text-side class file (default: the preset's, else the dataset's names)")
     e.add_argument("--background", action="store_true", help="class 0 is background")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

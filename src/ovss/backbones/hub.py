@@ -90,8 +90,8 @@ def _how_to_get(repo: str, files: tuple[str, ...], name: str | None, cache: Path
     from .dino_pretrained import resolve_dino_name
 
     if name and resolve_dino_name(name.removeprefix("timm:")) is not None:  # a method's DINO model
-        local = ("name the file where the method takes its DINO model, e.g. `--set "
-                 "plugins=cass:vfm=/path/to/file` (proxy:vfm=... for proxyclip, lposs:vfm=... for lposs)")
+        local = ("pass `--dino /path/to/file` (dino=... in Python: ovss.load(method, dino=...)); it "
+                 "replaces only the method's DINO model and keeps the preset's other head settings")
     else:
         local = "pass `--weights /path/to/file` (weights=... in Python)"
     return (

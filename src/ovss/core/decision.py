@@ -17,11 +17,41 @@ class Decision:
     prob_thd: pixels whose best class probability is below this go to background (class 0).
     area_thd: SCLIP's VOC rule: a non-background class covering at most this fraction of the
         non-background argmax pixels has its probabilities zeroed (its pixels go to the next best).
+    reduce: where a class with several queries (synonyms, background words) is reduced to one
+        score, relative to the final resize to the original size:
+        "after_resize" (SCLIP, ClearCLIP, NACLIP, ProxyCLIP, ResCLIP, SC-CLIP, CASS, CLIPtrase:
+            their `postprocess_result` takes the max over a class's query *probabilities* on
+            logits already resized to the original size);
+        "before_resize" (LPOSS's `reduce_to_true_classes`: the max over a class's query *logits*
+            at the network size, then the resize, then the softmax over classes).
+        The two differ only for classes with several queries and an original size other than
+        the network size (bilinear interpolation does not commute with the max).
     """
 
     logit_scale: float = 40.0
     prob_thd: float = 0.0
     area_thd: float | None = None
+    reduce: str = "after_resize"
+
+    def __post_init__(self):
+        if self.reduce not in REDUCE_ORDERS:
+            raise ValueError(f"unknown decision.reduce {self.reduce!r}; choose one of {REDUCE_ORDERS}")
+
+
+REDUCE_ORDERS = ("after_resize", "before_resize")
+
+
+def reduce_queries(logits: torch.Tensor, query_to_class: Sequence[int], num_classes: int) -> torch.Tensor:
+    """(Q, ...) query logits -> (C, ...) class logits: the max over each class's queries (LPOSS's
+    `reduce_to_true_classes` on its scores, lposs_eval.py:365-370 at e489a74). With one query per
+    class (in order) the logits come back as they are."""
+    q2c = list(query_to_class)
+    if q2c == list(range(num_classes)):
+        return logits
+    groups: list[list[int]] = [[] for _ in range(num_classes)]
+    for q, c in enumerate(q2c):
+        groups[c].append(q)
+    return torch.stack([logits[g].amax(0) if len(g) > 1 else logits[g[0]] for g in groups])
 
 
 def class_probabilities(logits: torch.Tensor, query_to_class: Sequence[int], num_classes: int,

@@ -23,13 +23,13 @@ from ..heads.dense import patch_logits
 from ..heads.plugin import check_plugins, providers
 from ..text.bank import ClassSpec, TextBank, parse_classes
 from ..text.tokenizer import Tokenizer
-from .decision import class_probabilities, decide
+from .decision import class_probabilities, decide, reduce_queries
 from .protocol import preprocess, slide_logits, window_boxes
 from .recipe import MethodSpec, Recipe, get_method
 from .resize import upsample, upsample_rows
 from .result import Result
 from .state import ImageState
-from .trace import record, tracing
+from .trace import names_of, record, refiner_output_name, tracing
 
 # Full-size (queries x H x W) logits are materialised only below this many elements (256 MB in
 # float32); larger images are upsampled and decided in bands of rows, so memory stays bounded
@@ -278,7 +278,7 @@ class Segmenter:
                 out = refiner(out, guide, context=context)
             else:
                 out = refiner(out, guide)
-            record(f"refined.{type(refiner).__name__.lower()}", out[0])
+            record(refiner_output_name(refiner), out[0])
         return out[0]
 
     @torch.no_grad()
@@ -287,7 +287,9 @@ class Segmenter:
         """Per-pixel cosine logits (Q, H, W) at the original size, one row per query
         (`parse_classes(classes).queries`), after the recipe's pixel refiners (unless
         `refine=False`) and before logit scale, softmax and thresholds. `queries`: precomputed
-        unit text embeddings (Q, C) instead of encoding `classes`; `size`: see `preprocess`."""
+        unit text embeddings (Q, C) instead of encoding `classes`; `size`: see `preprocess`.
+        (A recipe with `decision.reduce="before_resize"`, LPOSS, reduces a class's queries at the
+        network size in `decide`; these per-query logits are resized before any reduction.)"""
         spec, q = self._spec_and_queries(classes, queries)
         state = self.preprocess(image, size, keep_image=False)
         low = self.stitched_logits(state, q)
@@ -299,9 +301,16 @@ class Segmenter:
     @contextmanager
     def trace(self):
         """`with seg.trace() as t: seg(image, classes)` -> t: {stage name: [tensors]} of every
-        intermediate the pieces record (names per method: `ovss methods NAME`)."""
+        intermediate the pieces record during the block (any public call: `stitched_logits`,
+        `decide`, the full call ...); the names are `seg.trace_names` (`ovss methods NAME`)."""
         with tracing() as found:
             yield found
+
+    @property
+    def trace_names(self) -> tuple[str, ...]:
+        """What a traced call of this recipe records: `core.trace.CORE_NAMES`, then the names its
+        head plug-ins and refiners declare (`trace_names`)."""
+        return names_of(self.recipe)
 
     # ---- the full call ---------------------------------------------------------------------
     @torch.no_grad()
@@ -348,15 +357,26 @@ class Segmenter:
 
     def decide(self, low: torch.Tensor, state: ImageState, spec: ClassSpec) -> Decided:
         """Stitched (Q, h, w) logits -> the label map at `state.size`, through the refiners of
-        both stages and the recipe's decision rule (labels in `spec`'s classes)."""
+        both stages and the recipe's decision rule (labels in `spec`'s classes).
+
+        Order: network-stage refiners -> (with `decision.reduce="before_resize"`: each class's
+        max over its queries' logits, as LPOSS) -> resize to `state.size` -> full-stage refiners
+        -> logit scale, softmax over the queries, (with "after_resize", the default: each class's
+        max over its queries' probabilities) -> area rule, threshold, argmax. The two orders
+        differ only for classes with several queries when the original size is not the
+        network size."""
         d = self.recipe.decision
-        q2c, nc = spec.query_to_class, len(spec)
         # Without a background class, the threshold must not overwrite class 0: decide with
         # prob_thd=0 and remember which pixels passed it.
         thd_bg = spec.background or d.prob_thd <= 0
-        dd = d if thd_bg else type(d)(d.logit_scale, 0.0, d.area_thd)
+        dd = d if thd_bg else dataclasses.replace(d, prob_thd=0.0)
         h, w = size = state.size
         low = self.refine(low, state, spec, "network")
+        if d.reduce == "before_resize":
+            low = reduce_queries(low, spec.query_to_class, len(spec))
+            # from here on one query per class (full-stage refiners see the class map they get)
+            spec = dataclasses.replace(spec, synonyms=tuple(s[:1] for s in spec.synonyms))
+        q2c, nc = spec.query_to_class, len(spec)
         if low.shape[0] * h * w <= FULL_SIZE_BUDGET:
             logits = self.refine(upsample(low, size), state, spec)
             record("logits", logits)
@@ -401,9 +421,11 @@ class Segmenter:
             sel = p.gather(0, lab[None])[0]
             sums += torch.zeros(nc, dtype=torch.float64).index_add_(0, lab.flatten().cpu(), sel.flatten().double().cpu()).numpy()
             cnts += np.bincount(lab.flatten().cpu().numpy(), minlength=nc)
+        record("logits", low)  # over the budget, the decision's logits stay at the network size
         probs_low = class_probabilities(low, q2c, nc, d.logit_scale)
         if keep is not None:
             probs_low[1:] *= keep.view(-1, 1, 1)
+        record("probs", probs_low)
         means = [float(s / c) if c else float("nan") for s, c in zip(sums, cnts)]
         return labels, probs_low.float().cpu().numpy(), means, False, assigned
 
@@ -437,6 +459,11 @@ def _as_float_image(image: Any) -> np.ndarray | None:
             raise ValueError(f"a float image must be HxWx3 (RGB, 0-255 scale), got shape {image.shape}")
         if not np.isfinite(image).all():
             raise ValueError("the float image has NaN or infinite values")
+        if image.size and float(image.max()) <= 1.0:
+            import warnings
+
+            warnings.warn("every value of the float image is in [0, 1], but float images are taken on "
+                          "the 0-255 scale (as given); multiply by 255 (or pass uint8)", stacklevel=4)
         return image.astype(np.float32, copy=False)
     return None
 

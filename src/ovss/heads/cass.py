@@ -5,6 +5,7 @@ reference, its quirks and the settings' sources are in the method's file, `metho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from ..core.protocol import slide_logits, window_boxes
 from ..core.registry import PLUGINS
+from ..core.trace import record
 from ..ops.hierarchy import ward_clusters
 from ..ops.spectral import HeadMatching, SpectralDistill, key_graphs, rescale_range
 from .attention import AttentionRule, Mix
@@ -87,6 +89,16 @@ class CASSHead(HeadPlugin):
     dino_side: int = 0
     seed: int = 0
 
+    # per window (`ops.spectral.SpectralDistill.fuse`): cass.dino_spectra, cass.clip_spectra
+    # (heads, k_eigen) the key graphs' top eigenvalues; cass.distances (heads, heads); cass.cost
+    # and cass.assignment (the DINO head paired with each CLIP head, the reference's `cols`);
+    # cass.low_rank_graphs (heads, h*w, h*w) float64 the low-rank DINO graphs in CLIP's range.
+    # cass.clusters (Q,) the queries' Ward clusters (per image); cass.prior (Q,) the class-token
+    # prior each window's logits are blended with
+    trace_names: ClassVar[tuple[str, ...]] = ("cass.dino_spectra", "cass.clip_spectra", "cass.distances",
+                                              "cass.cost", "cass.assignment", "cass.low_rank_graphs",
+                                              "cass.clusters", "cass.prior")
+
     def __post_init__(self):
         if self.global_cls not in ("image", "window"):
             raise ValueError(f"unknown global_cls {self.global_cls!r}; choose 'image' or 'window'")
@@ -144,6 +156,7 @@ class CASSHead(HeadPlugin):
             dk = self.dino_keys(crop, seg.normalization, tok.grid)
             feats, _ = self.features(visual, r.attention, r.surgery, tok.tokens, tok.grid, dk)
             g = prior if prior is not None else class_token_prior(visual, tok.tokens, queries)[0]
+            record("cass.prior", g)
             lg = presence_logits(feats, queries, g, clusters, self.text_weight, self.prior_weight, self.topk)
             out.append(lg.T.reshape(1, -1, *tok.grid))
         return torch.cat(out)
@@ -152,6 +165,7 @@ class CASSHead(HeadPlugin):
         """(1, 3, H, W) normalised input, (Q, C) unit queries -> (Q, H, W) stitched logits."""
         p = seg.recipe.protocol
         clusters = ward_clusters(queries, self.cluster_threshold)
+        record("cass.clusters", clusters)
         prior = None
         if self.global_cls == "image" and len(window_boxes(x.shape[-2], x.shape[-1], p.crop, p.stride)) > 1:
             tok = seg.visual.forward_tokens(x, pos_resize=seg.recipe.pos_resize)

@@ -11,8 +11,10 @@ one of the final readout pass (its last block's output through ln_post and the p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..core.registry import PLUGINS
+from ..core.trace import record
 from .plugin import HeadPlugin
 
 
@@ -23,6 +25,9 @@ class ClsPrior(HeadPlugin):
 
     scale: float = 100.0
 
+    # clsprior.prior (B, Q): scale x the class token's cosine with each query, per batch of windows
+    trace_names: ClassVar[tuple[str, ...]] = ("clsprior.prior",)
+
     def taps(self, n_blocks: int) -> dict:
         return {}
 
@@ -31,4 +36,5 @@ class ClsPrior(HeadPlugin):
         if cls is None:
             raise ValueError("the class-token prior needs a readout that keeps the class token")
         prior = (cls @ ctx.queries.to(cls.dtype).T) * self.scale  # (B, Q)
+        record("clsprior.prior", prior)
         return logits * prior[:, :, None, None]

@@ -39,11 +39,13 @@ about 200 MB per tensor. `line_of_sight` walks the start patches in chunks, hold
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..core.registry import PLUGINS
+from ..core.trace import record
 from .attention import Mix
 from .plugin import HeadPlugin
 
@@ -179,6 +181,11 @@ class SFR(HeadPlugin):
     smooth: str = "raster"
     half: bool = True
 
+    # per batch of windows: sfr.seed_labels (B, h, w) the first pass's patch labels (query
+    # indices); sfr.affinity (B, 1, 1 + h*w, 1 + h*w) `label_affinity` with the class-token row and
+    # column zero (ResCLIP's generate_attention_sfr); sfr.prior: that divided by its max (half)
+    trace_names: ClassVar[tuple[str, ...]] = ("sfr.seed_labels", "sfr.affinity", "sfr.prior")
+
     def __post_init__(self):
         d = self.pamr_dilations
         object.__setattr__(self, "pamr_dilations", (d,) if isinstance(d, int) else tuple(d))
@@ -216,10 +223,14 @@ class SFR(HeadPlugin):
         out = torch.zeros(b, 1, h * w + 1, h * w + 1, device=labels.device)
         for i in range(b):
             out[i, 0, 1:, 1:] = label_affinity(labels[i], self.line, self.std, self.smooth)
+        record("sfr.affinity", out)
         out = out / out.amax(dim=(-2, -1), keepdim=True)
-        return out.half() if self.half else out
+        out = out.half() if self.half else out
+        record("sfr.prior", out)
+        return out
 
     def mixes(self, ctx, mixes) -> list[Mix]:
         labels = self.seed_labels(ctx, mixes)
         ctx.cache["sfr.seed_labels"] = labels
+        record("sfr.seed_labels", labels)
         return [Mix(self.prior(labels), "logits", weight=self.weight, scale=self.scale)]

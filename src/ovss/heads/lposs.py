@@ -5,12 +5,14 @@ sources are in the method's file, `methods/lposs.py`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..core.protocol import window_boxes
 from ..core.registry import PLUGINS
+from ..core.trace import record
 from ..ops.graphs import lposs_patch_graph, normalize, patch_centres, propagate
 from .dense import dense_embeddings
 from .plugin import HeadPlugin
@@ -41,6 +43,11 @@ class LPOSSHead(HeadPlugin):
     alpha: float = 0.95
     maxiter: int = 10
     solver: str = "cg"
+
+    # per image, over the patches of every window (windows in order, rows in raster order):
+    # lposs.seeds (N, Q) MaskCLIP's cosine seeds Y; lposs.graph (N, N) sparse, the normalised
+    # kNN graph D^-1/2 W D^-1/2; lposs.scores (N, Q) float64, the propagated Z
+    trace_names: ClassVar[tuple[str, ...]] = ("lposs.seeds", "lposs.graph", "lposs.scores")
 
     def joint_slide(self, seg, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """(1, 3, H, W) normalised input, (Q, C) unit queries -> (Q, H, W) propagated scores."""
@@ -76,12 +83,15 @@ class LPOSSHead(HeadPlugin):
         clip_f = F.normalize(torch.cat(clip_f), dim=-1)
         dino_f = F.normalize(torch.cat(dino_f), dim=-1)
         seeds = clip_f @ queries.to(clip_f.dtype).T
+        record("lposs.seeds", seeds)
         offsets = torch.tensor([[b[0], b[2]] for b in boxes], dtype=torch.float32, device=x.device)
         centres = patch_centres(grids, offsets, vfm.patch_size)
         graph = normalize(lposs_patch_graph(dino_f, centres, self.k, self.gamma, self.sigma, self.eta))
+        record("lposs.graph", graph.W)
         # float64 seeds -> float64 scores, as there (perform_lp fills a float64 array); each window
         # is resized in float64 and added into the float32 canvas (lposs_eval.py:312-341)
         z = propagate(graph, seeds.double(), self.alpha, self.solver, self.maxiter)
+        record("lposs.scores", z)
         canvas = torch.zeros(z.shape[1], H, W, device=x.device, dtype=seeds.dtype)
         count = torch.zeros(1, H, W, device=x.device, dtype=seeds.dtype)
         start = 0

@@ -15,6 +15,9 @@ it provides; `hooks` lists them (set per class, so dispatch never guesses with `
 `check_plugins` is the one place that decides whether a list of plug-ins can run together: two
 readouts, two joint readouts, or a joint readout next to a plug-in whose pass hooks it would skip
 are errors naming both plug-ins.
+
+`trace_names` (per class) lists the intermediate tensors a plug-in records (`core.trace.record`)
+when a trace is open (`Segmenter.trace`, `seg(image, classes, trace=True)`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class HeadPlugin:
     """Base class of head plug-ins; subclasses override the hooks they provide."""
 
     hooks: ClassVar[frozenset[str]] = frozenset()
+    trace_names: ClassVar[tuple[str, ...]] = ()  # what it records when a trace is open
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

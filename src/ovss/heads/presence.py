@@ -14,12 +14,14 @@ head itself can also take the prior from the whole image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..core.registry import PLUGINS
+from ..core.trace import record
 from ..ops.hierarchy import ward_clusters
 from .plugin import HeadPlugin
 
@@ -75,6 +77,10 @@ class Presence(HeadPlugin):
     cluster_threshold: float = 0.1
     topk: int = 2
 
+    # per batch of windows: presence.clusters (Q,) the queries' Ward clusters, presence.prior
+    # (B, Q) each window's class-token prior
+    trace_names: ClassVar[tuple[str, ...]] = ("presence.clusters", "presence.prior")
+
     def taps(self, n_blocks: int) -> dict:
         return {}
 
@@ -86,6 +92,8 @@ class Presence(HeadPlugin):
             raise ValueError("the presence plug-in needs a readout on the backbone's own patch grid")
         clusters = ward_clusters(ctx.queries, self.cluster_threshold)
         prior = class_token_prior(ctx.visual, ctx.out.tokens, ctx.queries)
+        record("presence.clusters", clusters)
+        record("presence.prior", prior)
         out = [presence_logits(f, ctx.queries, g, clusters, self.text_weight, self.prior_weight, self.topk)
                for f, g in zip(feats, prior)]
         return torch.stack(out).transpose(1, 2).reshape(logits.shape)

@@ -4,11 +4,13 @@ patch affinity, read out on the proxy's patch grid (the method's recipe: `method
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..core.registry import PLUGINS
+from ..core.trace import record
 from .attention import AttentionRule, Mix, attention_weights
 from .plugin import HeadPlugin
 from .vfm import get_vfm, to_dino_input
@@ -46,6 +48,10 @@ class ProxyHead(HeadPlugin):
     gamma: float = 3.0
     layer: int = -1
 
+    # per batch of windows: proxy.features (B, C, H', W') the proxy model's patch features on its
+    # own grid; proxy.affinity (B, H'*W', H'*W') the attention logits (-inf where negative)
+    trace_names: ClassVar[tuple[str, ...]] = ("proxy.features", "proxy.affinity")
+
     def readout(self, ctx, mixes) -> torch.Tensor:
         from ..backbones.dino import dino_features
 
@@ -54,6 +60,7 @@ class ProxyHead(HeadPlugin):
         vfm = get_vfm(self.vfm, ctx.images.device)
         feats = dino_features(vfm, proxy_input(ctx.images).to(next(vfm.parameters()).dtype), layer=self.layer)
         b, _, H, W = feats.shape
+        record("proxy.features", feats)
         visual = ctx.visual
         block = visual.blocks[-1]
         x = ctx.out.tokens
@@ -64,6 +71,7 @@ class ProxyHead(HeadPlugin):
         v = F.interpolate(v, size=(H, W), mode="bilinear", align_corners=False)
         v = v.permute(0, 2, 3, 1).reshape(b, nh, H * W, dh)
         aff = proxy_affinity(feats.to(v.dtype), self.beta, self.gamma)[:, None]
+        record("proxy.affinity", aff[:, 0])
         attn = attention_weights(v, v, AttentionRule(()), (H, W), [Mix(aff, "term")])
         y = block.attn.merge(attn @ v)
         ctx.cache["readout_grid"] = (H, W)

@@ -14,9 +14,11 @@ weight (lambda) per benchmark (its configs' `attn_rcs_weights=[tau, lambda]`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..backbones.vit import Tap
 from ..core.registry import PLUGINS
+from ..core.trace import record
 from .attention import Mix
 from .plugin import HeadPlugin
 
@@ -35,6 +37,9 @@ class RCS(HeadPlugin):
     scale: float = 2.0
     weight: float = 0.3
 
+    # rcs.attention: A_c (B, heads, 1 + h*w, 1 + h*w) per batch of windows
+    trace_names: ClassVar[tuple[str, ...]] = ("rcs.attention",)
+
     def __post_init__(self):
         layers = (self.layers,) if isinstance(self.layers, int) else tuple(int(i) for i in self.layers)
         if not layers:
@@ -52,4 +57,6 @@ class RCS(HeadPlugin):
         return ctx.out.taps[self._name()]
 
     def mixes(self, ctx, mixes) -> list[Mix]:
-        return [Mix(self.middle_attention(ctx), "attn", weight=self.weight, scale=self.scale)]
+        a_c = self.middle_attention(ctx)
+        record("rcs.attention", a_c)
+        return [Mix(a_c, "attn", weight=self.weight, scale=self.scale)]

@@ -27,14 +27,16 @@ square windows (its crops always are); here positions are (index // columns, ind
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..backbones.vit import Tap
 from ..core.registry import PLUGINS
+from ..core.trace import record
 from ..ops.affinity import aggregate, cosine_matrix, proxy_logits, threshold
-from ..ops.anomaly import lof_outliers, repair_tokens
+from ..ops.anomaly import lof_scores, lof_threshold, repair_tokens
 from .attention import Mix
 from .plugin import HeadPlugin
 
@@ -68,6 +70,11 @@ class SelfCalibration(HeadPlugin):
     attn_scale: float = 3.0
     repair: bool = True
 
+    # per batch of windows: selfcal.lof_scores (B, h*w) LOF of the penultimate patch tokens
+    # (SC-CLIP's lof_pytorch scores; zeros with repair=False), selfcal.outliers (B, h*w) bool the
+    # anomaly tokens, selfcal.mid_similarity (B, h*w, h*w) S_mid of the repaired middle layer
+    trace_names: ClassVar[tuple[str, ...]] = ("selfcal.lof_scores", "selfcal.outliers", "selfcal.mid_similarity")
+
     def __post_init__(self):
         f = self.fuse_layers
         object.__setattr__(self, "fuse_layers", (f,) if isinstance(f, int) else tuple(int(i) for i in f))
@@ -87,8 +94,11 @@ class SelfCalibration(HeadPlugin):
         """(B, h*w) bool: the anomaly tokens among the penultimate patch tokens."""
         patches = ctx.out.tokens[:, 1:]
         if not self.repair:
+            record("selfcal.lof_scores", patches.new_zeros(patches.shape[:2]))
             return torch.zeros(patches.shape[:2], dtype=torch.bool, device=patches.device)
-        return lof_outliers(patches, self.lof_neighbors, self.contamination, self.reach)
+        scores, _ = lof_scores(patches, self.lof_neighbors, self.reach)
+        record("selfcal.lof_scores", scores)
+        return lof_threshold(scores, self.contamination)
 
     def _pass(self, ctx, patches: torch.Tensor, cls: torch.Tensor, term: Mix, post: torch.Tensor) -> torch.Tensor:
         y = ctx.run([term], tokens=patches) + self.res_cls * cls
@@ -103,10 +113,12 @@ class SelfCalibration(HeadPlugin):
         cls, patches = x[:, :1], x[:, 1:]
         mask = self.outliers(ctx)
         ctx.cache["scclip.outliers"] = mask
+        record("selfcal.outliers", mask)
         patches = repair_tokens(patches, grid, mask)
         mid = repair_tokens(self._tap(ctx, self.pre_layer)[:, 1:], grid, mask)
         sim = cosine_matrix(mid)
         ctx.cache["scclip.mid_similarity"] = sim
+        record("selfcal.mid_similarity", sim)
         patches = aggregate(threshold(sim, self.sim_thd), patches)
         term = Mix(proxy_logits(sim, 1.0, self.attn_scale), "term")
         post = threshold(cosine_matrix(self._tap(ctx, self.post_layer)[:, 1:]), self.sim_thd)

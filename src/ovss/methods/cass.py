@@ -64,6 +64,9 @@ _DEFAULTS = {
     "protocol.std": (CLIP_STD, _SEG.format(35)),
     "decision.logit_scale": (40.0, _SEG.format(33)),
     "decision.prob_thd": (0.0, _SEG.format(33)),
+    "decision.reduce": ("after_resize", _SEG.format("270-271") + " (predict: logits resized to ori_shape, "
+                        "windows or whole image), " + _SEG.format("284-295") + " (postprocess_result: softmax, "
+                        "then the max over a class's queries)"),
     "templates": ("imagenet80", _SEG.format("86-96") + " (openai_imagenet_template)"),
     "pos_resize": ("scale_factor", _MODEL.format("164-180")),
     "attention": ("kk+gaussian:5", _MODEL.format("379, 300") + "; " + _SEG.format(32) + " (gaussian_std=5.)"),

@@ -48,6 +48,9 @@ _DEFAULTS = {
     "decision.logit_scale": (50.0, _SEG.format(23)),
     "decision.prob_thd": (0.0, _SEG.format(23)),
     "decision.area_thd": (None, _SEG.format("216-230") + " (no area rule)"),
+    "decision.reduce": ("after_resize", _SEG.format("189-190") + " (forward_slide: logits resized to ori_shape; "
+                        "whole image: line 134), " + _SEG.format("216-227") + " (postprocess_result: softmax, "
+                        "then the max over a class's queries)"),
     "refiners": ((), _SEG.format("194-214") + " (no PAMR)"),
     "templates": ("imagenet80", _SEG.format(98) + " (openai_imagenet_template)"),
     "pos_resize": ("scale_factor", "ClearCLIP open_clip/transformer.py:569-587"),

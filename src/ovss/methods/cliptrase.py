@@ -101,6 +101,9 @@ def _repo(size: int, voc20: bool = False) -> Preset:
         "decision.logit_scale": (100.0, _SC.format(154) + " clip.logit_scale.exp()"),
         "decision.prob_thd": (0.0, _SC.format(162) + " (argmax, no threshold)"),
         "decision.area_thd": (None, _SC.format(162)),
+        "decision.reduce": ("after_resize", _SC.format("156-158") + " (patch logits resized to the image), "
+                            + _SC.format("162-165") + " (argmax over every query, then a background word's "
+                            "label -> the background class)"),
         "refiners": (_cluster(size), _SC.format("168-210") + f" (DBSCAN eps/min_samples: line {233 if size == 224 else 234})"),
         "templates": ("imagenet80", "CLIPtrase configs/dataset_cfg.py:57-138 (80 ImageNet templates)"),
         "pos_resize": ("scale_factor", "CLIPtrase clip_utils/model.py:291-309"),
@@ -128,6 +131,9 @@ def _standard(name: str) -> Preset:
     overrides["decision.area_thd"] = None
     sources["decision.area_thd"] = (_SC.format(162) + " (argmax only: CLIPtrase has no area rule; SCLIP's VOC21 "
                                     "area rule is SCLIP's own post-processing)")
+    overrides["decision.reduce"] = "after_resize"
+    sources["decision.reduce"] = (_SC.format("156-165") + " (argmax over every query of the resized logits; "
+                                  "SCLIP's order too: clip_segmentor.py:118-119, 148-159)")
     overrides["refiners"] = _cluster(336)
     sources["refiners"] = _SC.format(234) + " (the 336 px DBSCAN setting: the resized images are >= 336 px)"
     overrides["attention"], sources["attention"] = str(RULE), _RULE_SRC

@@ -19,7 +19,10 @@ Reference: vladan-stojnic/LPOSS@e489a7445528922ddfe4e39631ef2fe34827c873.
   `lposs_plus` at the network resolution (`ovss.refine.lposs`), then the resize to the original
   size (lines 344-362).
 - resize: short side 448, long side <= 2048 (`img_scale=(2048, 448)`); decision: argmax of the
-  propagated scores, background synonyms by max (`reduce_to_true_classes`), no threshold.
+  propagated scores, no threshold; background synonyms by max (`reduce_to_true_classes`,
+  lines 352-354, 365-370) on the network-size scores, BEFORE the bilinear resize to the original
+  size (lines 356-361): `decision.reduce="before_resize"` (every other method here reduces after
+  the resize; the order matters only for classes with several queries at a resized output).
 Backbones: OpenCLIP ViT-B/16 laion2b_s34b_b88k (`configs/maskclip.yaml`) and DINO ViT-B/16.
 
 In ovss the patch stage is the head `lposs` (`LPOSSHead.joint_slide`), which replaces the
@@ -93,6 +96,10 @@ def _preset(name: str, plus: bool) -> Preset:
         "protocol.stride": (112, _DS.format(ds, cfg_line) + " stride=(112, 112)"),
         "protocol.mean": (OPENAI_MEAN, "LPOSS models/maskclip/maskclip.py:21 (OPENAI_NORMALIZE on 0-1 input) x 255"),
         "protocol.std": (OPENAI_STD, "LPOSS models/maskclip/maskclip.py:21 (OPENAI_NORMALIZE on 0-1 input) x 255"),
+        "decision.reduce": ("before_resize", _EVAL.format("352-354") + " (reduce_to_true_classes at the network size, "
+                            "lines 365-370: the max over the background words' scores), then "
+                            + _EVAL.format("356-361") + " (resize to ori_shape); the softmax over classes after "
+                            "(mmseg/models/segmentors/encoder_decoder.py:245-248)"),
         "plugins": ("lposs:vfm=dino-vitb16,feature=v,k=400,gamma=3.0,sigma=0.01,eta=1.0,alpha=0.95,maxiter=10",
                     _CFG_LP + " (k, gamma, sigma, pix_dist_pow, alpha, enc_type_feats); " + _EVAL.format("89-103")),
         "refiners": ("lposs_plus:alpha=0.95,tau=0.01,r=13,maxiter=10" if plus else "",
@@ -113,7 +120,7 @@ def _spec(name: str, plus: bool) -> MethodSpec:
             attention=AttentionRule(("id",)),
             surgery=Surgery(residual=True, ffn=True),
             protocol=Protocol(short_side=448, long_cap=2048, crop=224, stride=112, mean=OPENAI_MEAN, std=OPENAI_STD),
-            decision=Decision(logit_scale=1.0, prob_thd=0.0, area_thd=None),
+            decision=Decision(logit_scale=1.0, prob_thd=0.0, area_thd=None, reduce="before_resize"),
             templates="imagenet80",
             pos_resize="size",
             plugins=(LPOSSHead(),),

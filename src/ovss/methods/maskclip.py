@@ -30,6 +30,7 @@ _OFFICIAL = {
     "protocol.std": IMAGENET_STD,
     "pos_resize": "size",
     "templates": "maskclip85",
+    "decision.reduce": "after_resize",
 }
 _SRC = {
     "protocol.crop": "MaskCLIP configs/maskclip/*.py: test_cfg=dict(mode='whole')",
@@ -37,6 +38,8 @@ _SRC = {
     "protocol.std": "MaskCLIP configs/_base_/datasets/*.py: img_norm_cfg std=[58.395, 57.12, 57.375]",
     "pos_resize": "MaskCLIP mmseg/models/backbones/vit.py: resize_pos_embed via mmseg resize (size)",
     "templates": "MaskCLIP tools/maskclip_utils/prompt_engineering.py: 80 ImageNet + 5 scene templates",
+    "decision.reduce": "MaskCLIP mmseg/models/segmentors/encoder_decoder.py:217-222, 249 (logits resized to "
+                       "ori_shape, then the softmax; its class files have one name per class, so no reduction)",
 }
 
 

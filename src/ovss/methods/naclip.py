@@ -57,6 +57,9 @@ _DEFAULTS = {
     "decision.logit_scale": (40.0, _SEG.format(22)),
     "decision.prob_thd": (0.0, _SEG.format(22)),
     "decision.area_thd": (None, _SEG.format("139-153") + " (no area rule)"),
+    "decision.reduce": ("after_resize", _SEG.format("126-127") + " (predict: logits resized to ori_shape, "
+                        "windows or whole image), " + _SEG.format("139-149") + " (postprocess_result: softmax, "
+                        "then the max over a class's queries)"),
     "refiners": (PAMR_SPEC, _SEG.format(21) + " (pamr_steps=10, pamr_stride=(8, 16))"),
     "templates": ("imagenet80", _SEG.format(35) + " (openai_imagenet_template)"),
     "pos_resize": ("scale_factor", "NACLIP clip/model.py:134-151"),

@@ -50,6 +50,9 @@ _DEFAULTS = {
     "protocol.std": (CLIP_STD, _SEG.format("33-37")),
     "decision.logit_scale": (40.0, _SEG.format("30-31")),
     "decision.prob_thd": (0.0, _SEG.format("30-31")),
+    "decision.reduce": ("after_resize", _SEG.format("241-242") + " (forward_slide: logits resized to ori_shape; "
+                        "whole image: line 184), " + _SEG.format("267-278") + " (postprocess_result: softmax, "
+                        "then the max over a class's queries)"),
     "templates": ("imagenet80", _SEG.format(90) + " (openai_imagenet_template)"),
     "pos_resize": ("scale_factor", "ProxyCLIP open_clip/transformer.py:540-557"),
 }

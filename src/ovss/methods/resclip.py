@@ -84,6 +84,9 @@ _DEFAULTS = {
     "decision.logit_scale": (40.0, _SEG.format(25)),
     "decision.prob_thd": (0.0, _SEG.format(25)),
     "decision.area_thd": (None, _SEG.format(25)),
+    "decision.reduce": ("after_resize", _SEG.format("153-155") + " (predict: logits resized to ori_shape, "
+                        "windows or whole image), " + _SEG.format("164-173") + " (postprocess_result: softmax, "
+                        "then the max over a class's queries)"),
     "refiners": ((), _SEG.format(24) + " (pamr_steps=0)"),
     "templates": ("imagenet80", _SEG.format(39) + " (openai_imagenet_template)"),
     "pos_resize": ("scale_factor", _MODEL.format("377-394")),

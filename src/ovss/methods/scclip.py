@@ -63,6 +63,9 @@ _DEFAULTS = {
     "decision.logit_scale": (40.0, _SEG.format(20)),
     "decision.prob_thd": (0.0, _SEG.format(20)),
     "decision.area_thd": (None, _SEG.format(21)),
+    "decision.reduce": ("after_resize", _SEG.format("124-125") + " (forward_slide: logits resized to ori_shape; "
+                        "whole image: line 82), " + _SEG.format("154-165") + " (postprocess_result: softmax, "
+                        "then the max over a class's queries)"),
     "refiners": ((), _SEG.format(20) + " (pamr_steps=0)"),
     "templates": ("imagenet80", _SEG.format(45) + " (openai_imagenet_template)"),
     "pos_resize": ("scale_factor", _MODEL.format("375-393")),

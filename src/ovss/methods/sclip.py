@@ -43,6 +43,9 @@ _DEFAULTS = {
     "decision.logit_scale": (40.0, _SEG.format(20)),
     "decision.prob_thd": (0.0, _SEG.format(20)),
     "decision.area_thd": (None, _SEG.format(21)),
+    "decision.reduce": ("after_resize", _SEG.format("118-119") + " (forward_slide: logits resized to ori_shape; "
+                        "whole image: line 76), " + _SEG.format("148-159") + " (postprocess_result: softmax, "
+                        "then the max over a class's queries)"),
     "refiners": ((), _SEG.format(20) + " (pamr_steps=0)"),
     "templates": ("imagenet80", _SEG.format(38) + " (openai_imagenet_template)"),
     "pos_resize": ("scale_factor", "SCLIP clip/model.py:271-278"),

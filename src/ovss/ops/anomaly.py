@@ -63,11 +63,16 @@ def lof_scores(x: torch.Tensor, k: int = 30, reach: str = "self") -> tuple[torch
     return ratios.mean(dim=-1), knn_i
 
 
+def lof_threshold(scores: torch.Tensor, contamination: float = 0.05) -> torch.Tensor:
+    """(B, N) LOF scores -> (B, N) bool: above each image's (1 - contamination) quantile."""
+    thd = torch.quantile(scores.to(torch.float32), 1 - contamination, dim=1, keepdim=True)
+    return scores > thd
+
+
 def lof_outliers(x: torch.Tensor, k: int = 30, contamination: float = 0.05, reach: str = "self") -> torch.Tensor:
     """(B, N, D) tokens -> (B, N) bool: LOF above each image's (1 - contamination) quantile."""
     scores, _ = lof_scores(x, k, reach)
-    thd = torch.quantile(scores.to(torch.float32), 1 - contamination, dim=1, keepdim=True)
-    return scores > thd
+    return lof_threshold(scores, contamination)
 
 
 def repair_tokens(tokens: torch.Tensor, grid: tuple[int, int], outliers: torch.Tensor) -> torch.Tensor:

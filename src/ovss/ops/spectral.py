@@ -145,14 +145,24 @@ class SpectralDistill:
         """(H, N, N) CLIP and DINO key graphs -> (low-rank DINO graphs in the CLIP graphs' range
         (H, N, N) float64, per-head mix weights s w / (s w + 1) (H,) float32, the matching).
         Pass `matching` to impose an assignment (stage-by-stage parity checks)."""
+        from ..core.trace import record
+
         if matching is None:
-            dist = spectral_distances(top_eigenvalues(dino_graphs, self.k_eigen),
-                                      top_eigenvalues(clip_graphs, self.k_eigen))
+            dino_spectra = top_eigenvalues(dino_graphs, self.k_eigen)
+            clip_spectra = top_eigenvalues(clip_graphs, self.k_eigen)
+            dist = spectral_distances(dino_spectra, clip_spectra)
             matching = match_heads(dist, self.pairing)
+            record("cass.dino_spectra", dino_spectra)
+            record("cass.clip_spectra", clip_spectra)
+            record("cass.distances", dist)
+            record("cass.cost", matching.cost)
+            record("cass.assignment", matching.dino_head)
         graphs = []
         for h in range(clip_graphs.shape[0]):  # heads in order: the generator's draws follow them
             d = low_rank_graph(dino_graphs[int(matching.dino_head[h])], self.rank, self.niter,
                                self.stretch, self.svd)
             graphs.append(rescale_range(d, clip_graphs[h]))
         sw = matching.weight * self.scale
-        return torch.stack(graphs), sw / (sw + 1), matching
+        graphs = torch.stack(graphs)
+        record("cass.low_rank_graphs", graphs)
+        return graphs, sw / (sw + 1), matching

@@ -33,11 +33,13 @@ with sliding windows the refiner runs the backbone once more on the whole input.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..core.registry import REFINERS
+from ..core.trace import record
 
 
 def dbscan(x: torch.Tensor, eps: float, min_samples: int) -> torch.Tensor:
@@ -93,6 +95,7 @@ def cluster_regions(affinity: torch.Tensor, grid: tuple[int, int], size: tuple[i
     indices), or None when every patch is noise."""
     h, w = grid
     labels = dbscan(affinity, eps, min_samples)
+    record("cluster.dbscan", labels)
     n = int(labels.max().item()) + 1
     if n <= 0:
         return None
@@ -153,6 +156,12 @@ class Cluster:
     ratio: int = 4
     vote: str = "majority"
 
+    # per image: cluster.self_correlation (1 + N, 1 + N) block `layer`'s map (class token first),
+    # cluster.dbscan (N,) DBSCAN's labels (-1: noise), cluster.regions (H, W) each pixel's cluster
+    # (not recorded when every patch is noise), cluster.output (Q, H, W) the voted logits
+    trace_names: ClassVar[tuple[str, ...]] = ("cluster.self_correlation", "cluster.dbscan", "cluster.regions",
+                                              "cluster.output")
+
     needs_context = True  # the Segmenter passes a RefineContext (affinity source, query-to-class map)
 
     def __post_init__(self):
@@ -171,7 +180,11 @@ class Cluster:
         values, grid = context.tap_values(self.taps())
         q, k, v = next(iter(values[f"qkv:{self.layer}"].values()))
         w = self_correlation(q[:1], k[:1], v[:1])[0]
-        return cluster_regions(denoised_affinity(w), grid, size, self.eps, self.min_samples, self.ratio)
+        record("cluster.self_correlation", w)
+        found = cluster_regions(denoised_affinity(w), grid, size, self.eps, self.min_samples, self.ratio)
+        if found is not None:
+            record("cluster.regions", found[1])
+        return found
 
     def __call__(self, logits: torch.Tensor, guide: torch.Tensor, context=None) -> torch.Tensor:
         if context is None:

@@ -23,6 +23,7 @@ the weight maps when they fit the cache budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -51,6 +52,9 @@ class LPOSSPlus:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     stage: str = "network"
+
+    # lposs_plus.output (Q, h, w): the pixel-propagated scores (recorded by `Segmenter.refine`)
+    trace_names: ClassVar[tuple[str, ...]] = ("lposs_plus.output",)
 
     def __post_init__(self):
         if self.stage not in ("network", "full"):

@@ -47,6 +47,7 @@ and the product `m * x` (about three (B, Q, P, H, W) tensors); here it is one. F
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,9 @@ class PAMR:
 
     steps: int = 10
     dilations: tuple[int, ...] = (8, 16)
+
+    # pamr.output (Q, H, W): the refined logits (recorded by `Segmenter.refine`)
+    trace_names: ClassVar[tuple[str, ...]] = ("pamr.output",)
 
     def __post_init__(self):
         dil = self.dilations
