@@ -24,7 +24,7 @@ class Result:
     settings: method, backbone, preset and the resolved recipe, for the JSON sidecar.
     background_added: class 0 "background" was added by the decision rule (a probability
         threshold with no background class in the list): every other index is the list's + 1.
-    trace: the named intermediate tensors of the call (`Segmenter(..., trace=True)`), else None.
+    trace: the named intermediate tensors of the call (`seg(image, classes, trace=True)`), else None.
     """
 
     labels: np.ndarray

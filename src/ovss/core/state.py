@@ -21,8 +21,7 @@ class ImageState:
     mean, std: the normalisation x carries (0-255 scale, RGB), which every guide that un-normalises
     it (PAMR's, LPOSS+'s, a DINO model's input) reads from here; rgb: the original image as given
     (uint8, or float on the 0-255 scale), kept for overlays (None when not kept); features: what the
-    readout's pass left for refiners ({"taps": {name: value}, "grid": (h, w)}); trace: the named
-    intermediate tensors of the last readout, when tracing (see `Segmenter.trace`)."""
+    readout's pass left for refiners ({"taps": {name: value}, "grid": (h, w)})."""
 
     x: torch.Tensor
     size: tuple[int, int]
@@ -30,7 +29,6 @@ class ImageState:
     std: tuple[float, float, float]
     rgb: np.ndarray | None = None
     features: dict[str, Any] = field(default_factory=dict)
-    trace: dict[str, Any] | None = None
 
     @property
     def network_size(self) -> tuple[int, int]:
