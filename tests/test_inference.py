@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from measured import max_abs_diff
 
 from ovss.core.decision import Decision, class_probabilities, decide
 from ovss.core.protocol import Protocol, preprocess, resized_size, slide_logits, stitch, window_boxes
@@ -127,7 +128,8 @@ def _reference_slide(img, crop, stride):
 def test_slide_equals_reference_loop(batch):
     img = torch.randn(1, 3, 200, 330)
     out = slide_logits(img, _toy_readout, Protocol(crop=112, stride=56, window_batch=batch), 16)
-    assert torch.allclose(out, _reference_slide(img, 112, 56), atol=1e-6)
+    diff = max_abs_diff(out, _reference_slide(img, 112, 56), f"inference.slide.batch{batch}")
+    assert diff < 1e-6, diff  # 0 measured (values <= 0.18; Intel Xeon, 1 and 2 threads): the float32 floor
 
 
 def test_stitch_averages_overlaps_in_the_canvas_dtype():
@@ -189,4 +191,5 @@ def test_banded_upsampling_matches_full():
     x = torch.randn(4, 21, 28)
     full = upsample(x, (375, 500))
     bands = torch.cat([b for _, _, b in upsample_rows(x, (375, 500), 64)], dim=1)
-    assert (full - bands).abs().max() < 1e-5
+    diff = max_abs_diff(full, bands, "inference.banded_upsample")
+    assert diff < 2e-5, diff  # 4.2e-6 measured (values <= 4.2; Intel Xeon, 1 and 2 threads): 4.8x

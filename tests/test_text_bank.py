@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from measured import max_abs_diff
 
 from ovss.text.bank import TextBank, get_templates, parse_classes
 
@@ -125,7 +126,8 @@ def test_embedding_is_mean_of_normalised_templates(clip_and_tok, tmp_path):
         e = F.normalize(model.encode_text(tok(["a photo of a cat.", "a cat in the scene."])), dim=-1)
     ref = F.normalize(e.mean(0), dim=-1)
     assert emb.shape == (2, 32)
-    assert torch.allclose(emb[0], ref, atol=1e-6)
+    diff = max_abs_diff(emb[0], ref, "text_bank.mean_of_templates")
+    assert diff < 1e-6, diff  # 0 measured (values <= 0.36; Intel Xeon, 1 and 2 threads): the float32 floor x3
 
 
 def test_disk_cache_reused_and_keyed(clip_and_tok, tmp_path):
