@@ -2,8 +2,10 @@
 
     python benchmarks/retrain_tiny_clip.py               # ~20-30 min on 2 CPU cores
     python benchmarks/retrain_tiny_clip.py --tol 5.0 --keep /tmp/retrained
+    python benchmarks/retrain_tiny_clip.py --dry-run      # the command it would run, nothing trained
 
-It runs `scripts/train_tiny_clip.py` with the arguments recorded in the shipped
+It runs the trainer (`python -m tools.train_tiny_clip`, in this process) with the arguments
+recorded in the shipped
 `training_log.json` (which are the script's defaults; a difference is reported) into a temporary
 folder, with a fresh pool cache (so the scene generator is exercised too) and no resume file, then
 prints per readout and template set: shipped mIoU, retrained mIoU, difference.
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import shlex
 import sys
@@ -38,11 +39,26 @@ SHIPPED = REPO / "src" / "ovss" / "data" / "assets" / "tiny_synthetic"
 
 
 def _load_trainer():
-    spec = importlib.util.spec_from_file_location("train_tiny_clip", REPO / "scripts" / "train_tiny_clip.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_tiny_clip"] = mod  # its process pool pickles functions by module name
-    spec.loader.exec_module(mod)
-    return mod
+    """tools/train_tiny_clip's pieces used here, imported as a package (its process pool pickles
+    functions by module name, so they must be importable as `tools.train_tiny_clip.*`)."""
+    from types import SimpleNamespace
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tools.train_tiny_clip import evaluate, options, train
+
+    return SimpleNamespace(main=train.main, parse_args=options.parse_args, PROGRAM=options.PROGRAM,
+                           _RECIPE_KEYS=options._RECIPE_KEYS, LOG_NAME=options.LOG_NAME,
+                           WEIGHTS_NAME=options.WEIGHTS_NAME, VOCAB_NAME=options.VOCAB_NAME,
+                           TEMPLATE_SETS=options.TEMPLATE_SETS, READOUTS=evaluate.READOUTS)
+
+
+def recorded_args(command: str) -> list[str]:
+    """The trainer's arguments in a recorded command line: what follows the program, which is
+    `python -m tools.train_tiny_clip` (or, in logs written before the move to tools/,
+    `python scripts/train_tiny_clip.py`)."""
+    words = shlex.split(command)
+    return words[3:] if words[1:2] == ["-m"] else words[2:]
 
 
 def _sha(path: Path) -> str:
@@ -58,16 +74,18 @@ def _same_tensors(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and bool((x[k] == y[k]).all()) for k in x)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shipped", type=Path, default=SHIPPED)
     p.add_argument("--tol", type=float, default=5.0, help="allowed |mIoU difference| per readout")
     p.add_argument("--keep", type=Path, default=None, help="write the retrained files here (else a temp dir)")
-    args = p.parse_args()
+    p.add_argument("--dry-run", action="store_true",
+                   help="load the trainer, read the shipped run's arguments, print the command; train nothing")
+    args = p.parse_args(argv)
 
     trainer = _load_trainer()
     shipped_log = json.loads((args.shipped / trainer.LOG_NAME).read_text())
-    recorded = shlex.split(shipped_log["command"])[2:]  # drop "python scripts/train_tiny_clip.py"
+    recorded = recorded_args(shipped_log["command"])
     defaults = vars(trainer.parse_args([]))
     used = vars(trainer.parse_args(recorded))
     keys = getattr(trainer, "_RECIPE_KEYS", tuple(k for k in defaults if k != "out"))
@@ -77,10 +95,12 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp) / "out"
-        argv = [*recorded, "--out", str(out), "--pool-cache", str(Path(tmp) / "pool"), "--no-resume"]
-        print("retraining:", " ".join(["python scripts/train_tiny_clip.py", *argv]), flush=True)
+        train_argv = [*recorded, "--out", str(out), "--pool-cache", str(Path(tmp) / "pool"), "--no-resume"]
+        print("retraining:", " ".join([trainer.PROGRAM, *train_argv]), flush=True)
+        if args.dry_run:
+            return 0
         t0 = time.time()
-        rec = trainer.main(argv)
+        rec = trainer.main(train_argv)
         minutes = (time.time() - t0) / 60
         same_weights = _same_tensors(out / trainer.WEIGHTS_NAME, args.shipped / trainer.WEIGHTS_NAME)
         same_vocab = _sha(out / trainer.VOCAB_NAME) == _sha(args.shipped / trainer.VOCAB_NAME)

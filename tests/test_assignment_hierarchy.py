@@ -1,5 +1,5 @@
-"""The SciPy-free assignment and Ward clustering CASS uses, against brute force and hand-made
-cases (their agreement with SciPy's own choices is pinned by the CASS golden)."""
+"""The SciPy-free assignment and Ward clustering CASS uses, against brute force, hand-made cases
+and SciPy itself (the test extra installs it; the CASS golden pins the same choices)."""
 
 import itertools
 
@@ -80,3 +80,41 @@ def test_spectral_helpers():
     assert m.weight.tolist() == pytest.approx([0.9, 0.8])
     m2 = match_heads(dist, "matched")
     assert m2.dino_head.tolist() == [1, 0] and m2.weight.tolist() == pytest.approx([0.8, 0.9])
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_assignment_is_scipys(seed):
+    """The same pairs as scipy.optimize.linear_sum_assignment (the reference's call), ties included
+    (small integer costs have many optimal assignments)."""
+    from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+    rng = np.random.default_rng(100 + seed)
+    n, m = rng.integers(1, 9, size=2)
+    c = rng.integers(0, 3, (n, m)).astype(float) if seed % 2 else rng.random((n, m))
+    for maximize in (False, True):
+        ours, theirs = linear_sum_assignment(c, maximize=maximize), scipy_lsa(c, maximize=maximize)
+        assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_ward_is_scipys(seed):
+    """Merge heights as scipy.cluster.hierarchy.linkage(condensed cosine distances, 'ward') and the
+    flat clusters as fcluster(Z, t, 'distance') (the same partition; labels numbered here by first
+    appearance)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(int(rng.integers(3, 30)), 16))
+    x[1] = x[0] + 0.05 * rng.normal(size=16)  # a near-synonym pair
+    d = cosine_distances(x)
+    ref = linkage(squareform(d, checks=False), method="ward")
+    z = ward_linkage(d)
+    # heights: float64 sums in another order (measured on this Intel Xeon: at most 8.9e-16)
+    np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12, atol=1e-12)
+    assert np.array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+    h = np.sort(ref[:, 2])
+    mid = (h[len(h) // 2 - 1] + h[len(h) // 2]) / 2 if len(h) > 1 else h[0] / 2  # between two merges
+    for t in (0.1, 0.5, 1.0, float(mid)):  # a cut at a merge's own height is a float tie: not used
+        ours, theirs = cut_tree(z, len(x), t), fcluster(ref, t, criterion="distance")
+        assert np.array_equal(ours[:, None] == ours[None], theirs[:, None] == theirs[None])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from measured import max_abs_diff
 from safetensors.torch import save_file
 from torch import nn
 
@@ -357,8 +358,13 @@ def test_hf_features_match_transformers(weights, act):
     with torch.no_grad():
         hf_image = hf_features(hf.get_image_features(pixel_values=images))
         hf_text = hf_features(hf.get_text_features(input_ids=tokens))
-        torch.testing.assert_close(ours.encode_image(images), hf_image, rtol=0, atol=1e-5)
-        torch.testing.assert_close(ours.encode_text(tokens), hf_text, rtol=0, atol=1e-5)
+        name = f"backbones.formats.transformers.{act}"
+        d_image = max_abs_diff(ours.encode_image(images), hf_image, name + ".image")
+        d_text = max_abs_diff(ours.encode_text(tokens), hf_text, name + ".text")
+    # measured on an Intel Xeon (this machine), identical with OMP_NUM_THREADS=1, =2 and
+    # torch.set_num_threads(1): image 8.4e-7 / 9.5e-7, text 1.8e-6 / 1.6e-6 (quick_gelu / gelu; values
+    # up to 3.3): the bound is 5.5x the largest
+    assert d_image < 1e-5 and d_text < 1e-5, (d_image, d_text)
     assert torch.allclose(ours.logit_scale, hf.logit_scale)
 
 

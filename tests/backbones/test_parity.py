@@ -5,13 +5,18 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from measured import max_abs_diff
 
 from ovss.heads.attention import AttentionRule
 from ovss.backbones.factory import create_clip
 from ovss.heads.dense import Surgery, last_block
 
 GOLDEN = Path(__file__).parents[1] / "golden"
-TOL = 1e-5
+# Tolerances (float32, values up to ~4) from the measured max |ours - reference| on an
+# Intel Xeon (this machine), identical with OMP_NUM_THREADS=1, =2 and torch.set_num_threads(1):
+EMBED_TOL = 5e-6  # image / text embeddings: 8.4e-7 / 1.0e-6 measured (5x)
+READOUT_TOL = 1.5e-5  # last-block readouts: 1.2e-6 (dense-clip) .. 3.0e-6 (clearclip, 224) measured (5x)
+CROP_TOL = 4e-6  # cropped vs full text context, same weights: 7.8e-7 measured (5x)
 
 # readout name in the goldens -> (attention terms, residual, ffn)
 READOUTS = {
@@ -35,14 +40,16 @@ def model():
 def test_image_embedding_224(model, golden):
     with torch.no_grad():
         out = model.encode_image(golden["image_224"])
-    assert (out - golden["ref_image_embed_224"]).abs().max() < TOL
+    diff = max_abs_diff(out, golden["ref_image_embed_224"], "backbones.parity.image_embed_224")
+    assert diff < EMBED_TOL, diff
 
 
 @pytest.mark.parametrize("crop", [True, False])
 def test_text_embedding(model, golden, crop):
     with torch.no_grad():
         out = model.encode_text(golden["tokens"], crop=crop)
-    assert (out - golden["ref_text_embed"]).abs().max() < TOL
+    diff = max_abs_diff(out, golden["ref_text_embed"], f"backbones.parity.text_embed.crop={crop}")
+    assert diff < EMBED_TOL, diff
 
 
 def test_context_cropping_is_exact(model, golden):
@@ -51,7 +58,8 @@ def test_context_cropping_is_exact(model, golden):
     with torch.no_grad():
         a = model.encode_text(short, crop=True)
         b = model.encode_text(short, crop=False)
-    assert (a - b).abs().max() < 1e-6
+    diff = max_abs_diff(a, b, "backbones.parity.context_crop")  # other matmul shapes: not bit-equal
+    assert diff < CROP_TOL, diff
 
 
 @pytest.mark.parametrize("size", ["224", "160x288"])
@@ -66,8 +74,8 @@ def test_last_block_readouts(model, golden, name, size):
     ref = golden[f"ref_{name}_{size}"]
     if ref.shape[1] == out.shape[1] - 1:  # ClearCLIP's model returns patch tokens only
         out = out[:, 1:]
-    assert out.shape == ref.shape
-    assert (out - ref).abs().max() < TOL
+    diff = max_abs_diff(out, ref, f"backbones.parity.readout.{name}.{size}")
+    assert diff < READOUT_TOL, diff
 
 
 def test_positional_resize_differs_from_size_rule(model, golden):

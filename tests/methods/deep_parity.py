@@ -1,4 +1,4 @@
-"""Helpers shared by the ResCLIP / SC-CLIP / CLIPtrase parity tests (not a test module)."""
+"""Helpers shared by the method parity tests (not a test module)."""
 
 from pathlib import Path
 

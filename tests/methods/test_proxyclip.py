@@ -4,9 +4,12 @@ the `dino` small DINO of dino_small.safetensors, 224/112 windows, logit scale 40
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from deep_parity import assert_labels_equal
+from measured import max_abs_diff
 from safetensors.torch import load_file
 
 from ovss.backbones.dino import create_dino
@@ -53,10 +56,13 @@ def test_logits_and_labels_match_reference(golden, segmenter):
     res = segmenter(g["image"].numpy(), spec, queries=g["queries"], size=ori, trace=True)
     t = res.trace
     assert set(segmenter.trace_names) == set(t), set(segmenter.trace_names) ^ set(t)
-    diff = (t["logits"][0][:, ::step, ::step] - g["logits"]).abs().max().item()
-    print("max abs diff", diff)
-    assert diff < 1e-4, diff
-    assert torch.equal(torch.as_tensor(res.labels).to(torch.uint8), g["labels"])
+    logits = t["logits"][0]
+    diff = max_abs_diff(logits[:, ::step, ::step], g["logits"], "methods.proxyclip.logits")
+    # measured on an Intel Xeon (this machine): 1.5e-7 (|values| <= 0.26), identical with
+    # OMP_NUM_THREADS=1, =2 and torch.set_num_threads(1); the bound is 6.7x that (float32)
+    assert diff < 1e-6, diff
+    assert_labels_equal(np.asarray(res.labels, dtype=np.int64), g["labels"].numpy().astype(np.int64), logits, spec,
+                        segmenter.recipe.decision)
     feats, aff = t["proxy.features"][0], t["proxy.affinity"][0]
     n = feats.shape[-2] * feats.shape[-1]
     assert aff.shape == (feats.shape[0], n, n)  # one (H'W' x H'W') affinity per window of the batch

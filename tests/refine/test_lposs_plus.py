@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from measured import max_abs_diff
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -27,8 +28,11 @@ def test_matches_lposs_pixel_propagation():
     seeds = g["pixel.seeds"].reshape(20, 24, 5).permute(2, 0, 1)[None]
     out = LPOSSPlus(stage="full", mean=CLIP_MEAN, std=CLIP_STD)(seeds, guide)  # a float image: no rounding back to uint8
     ref = g["pixel.lp"].reshape(20, 24, 5).permute(2, 0, 1)[None]
-    # the guide is the normalised image (float32 round trip), the output float32: 2.3e-5 here
-    assert (out.double() - ref).abs().max().item() < 1e-4
+    # the guide is the normalised image (float32 round trip), the output float32: 3.3e-5 measured
+    # (scores <= 5.8) on an Intel Xeon (this machine), identical with OMP_NUM_THREADS=1, =2 and
+    # torch.set_num_threads(1); the bound is 4.5x that
+    diff = max_abs_diff(out, ref, "refine.lposs_plus.pixel_lp")
+    assert diff < 1.5e-4, diff
     assert torch.equal(out.argmax(1), ref.argmax(1))
 
 
@@ -68,9 +72,10 @@ def test_degree_summation_order_is_within_the_references_own_ambiguity():
     tests/methods/test_lposs.py is that, not 1e-8.
 
     The float32 colour weights themselves (exp, the Lab conversion) round differently on other
-    CPUs' vector kernels: on an Intel Xeon the stand-in's own order lands 2.2e-6 from the golden,
-    ovss's 4.4e-6. So every order is held to the same bound, 1e-5 (about 2x the largest measured),
-    and no order is compared at float64 round-off.
+    CPUs' vector kernels: on an Intel Xeon (this machine; the same with OMP_NUM_THREADS=1, =2 and
+    torch.set_num_threads(1)) the stand-in's own order lands 2.2e-6 from the golden, ovss's 4.4e-6,
+    the sequential order 4.4e-6. So every order is held to the same bound, 2.5e-5 (5.6x the largest
+    measured), and no order is compared at float64 round-off.
     """
     from ovss.ops.graphs import PixelGraph, cg_solve, lab_guide
 
@@ -81,9 +86,9 @@ def test_degree_summation_order_is_within_the_references_own_ambiguity():
         G = PixelGraph(lab_guide(img), neigh=6, tau=0.01)
         if order != "ovss":
             _degree_as(G, order)
-        diffs[order] = (cg_solve(G, seeds.double(), 0.95, 10) - ref).abs().max().item()
-    print("max abs diff to the golden, by degree order:", diffs, "largest score", ref.abs().max().item())
-    assert max(diffs.values()) < 1e-5, diffs
+        z = cg_solve(G, seeds.double(), 0.95, 10)
+        diffs[order] = max_abs_diff(z, ref, f"refine.lposs_plus.degree_order.{order}")
+    assert max(diffs.values()) < 2.5e-5, diffs
 
 
 def test_network_stage_output_is_resized_in_float64():

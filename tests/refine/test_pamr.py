@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from measured import max_abs_diff
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -14,7 +15,10 @@ from ovss.refine import REFINERS, parse_refiner
 from ovss.refine.pamr import PAMR
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "pamr.safetensors"
-TOL = 1e-5
+# max |ours - reference| measured on an Intel Xeon (this machine): 0 in every case (values <= 0.34),
+# with OMP_NUM_THREADS=1, =2 and torch.set_num_threads(1); the bound is the float32 floor (~1e-6 of
+# the values' scale, x3) that other CPUs' kernels may need.
+TOL = 1e-6
 
 
 def _cases() -> dict:
@@ -52,8 +56,8 @@ def test_equals_reference(golden, case):
     assert out.shape == (*logits.shape[:2], *guide.shape[-2:])
     stride = meta.get("out_stride", 1)
     ref = golden[f"{case}.out"]
-    assert out[..., ::stride, ::stride].shape == ref.shape
-    assert (out[..., ::stride, ::stride] - ref).abs().max().item() < TOL
+    diff = max_abs_diff(out[..., ::stride, ::stride], ref, f"refine.pamr.{case}")
+    assert diff < TOL, diff
 
 
 def test_parse_refiner():

@@ -140,7 +140,8 @@ PRETRAINED: dict[str, PretrainedCfg] = {
             name="tiny-synthetic", arch="tiny-synthetic", hf_hub_id="", weights=("tiny_clip.safetensors",),
             tokenizer=("bpe_vocab.txt.gz",), act="quick_gelu",
             description="DEMO ONLY: a 1.5M-parameter CLIP trained on ovss's synthetic scenes "
-                        "(scripts/train_tiny_clip.py); meaningful on that world only, not a substitute for CLIP",
+                        "(python -m tools.train_tiny_clip); meaningful on that world only, "
+                        "not a substitute for CLIP",
             licence="Apache-2.0 (trained by this project)", paper="",
             aliases=("tiny", "synthetic"), package_file="data/assets/tiny_synthetic/tiny_clip.safetensors",
             # trained on 96 px scenes, read whole: feed it that scale, not CLIP's 336 px windows

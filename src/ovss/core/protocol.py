@@ -9,7 +9,7 @@ stitched logits to the image size and `decision` turns them into a label map.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -114,30 +114,51 @@ def _pad_to_multiple(x: torch.Tensor, patch: int) -> tuple[torch.Tensor, tuple[i
     return (F.pad(x, pad) if any(pad) else x), pad
 
 
+def stitch(windows: Iterable[tuple[tuple[int, int, int, int], torch.Tensor]], size: tuple[int, int],
+           dtype: torch.dtype | None = None, count_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per-window logits on the image grid, overlaps averaged (mmseg `forward_slide`'s
+    `preds += F.pad(logits)`, `count_mat += 1`, `preds / count_mat`).
+
+    windows: (box, (Q, y2 - y1, x2 - x1) logits at the window's size) pairs, as `window_boxes`
+    gives the boxes. Each block is added in place into a (Q, H, W) canvas of `dtype` (default:
+    the first block's), so a block of another dtype is rounded to the canvas's as it is added (as
+    LPOSS adds float64 blocks into a float32 canvas); the canvas is divided by a `count_dtype`
+    count of the windows over each pixel.
+    """
+    h, w = size
+    canvas = count = None
+    for (y1, y2, x1, x2), block in windows:
+        if canvas is None:
+            canvas = torch.zeros(block.shape[0], h, w, device=block.device, dtype=dtype or block.dtype)
+            count = torch.zeros(1, h, w, device=block.device, dtype=count_dtype)
+        canvas[:, y1:y2, x1:x2] += block
+        count[:, y1:y2, x1:x2] += 1
+    if canvas is None:
+        raise ValueError("stitch needs at least one window")
+    return canvas / count
+
+
 def slide_logits(image: torch.Tensor, readout: Readout, protocol: Protocol, patch_size: int,
                  num_queries: int | None = None) -> torch.Tensor:
     """Window logits stitched on the image grid: (1, 3, H, W) -> (Q, H, W), overlaps averaged.
 
     Each window's patch logits are upsampled bilinearly to the window size before they are
-    summed into the canvas, as in the reference `forward_slide`.
+    summed into the canvas (`stitch`), as in the reference `forward_slide`.
     """
     _, _, h, w = image.shape
     boxes = window_boxes(h, w, protocol.crop, protocol.stride)
-    canvas = None
-    count = torch.zeros(1, h, w, device=image.device, dtype=image.dtype)
-    for start in range(0, len(boxes), max(protocol.window_batch, 1)):
-        chunk = boxes[start : start + protocol.window_batch]
-        crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-        pad = (0, 0, 0, 0)
-        if protocol.pad_to_patch:
-            crops, pad = _pad_to_multiple(crops, protocol.pad_multiple or patch_size)
-        logits = readout(crops)
-        logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
-        if any(pad):
-            logits = logits[..., pad[2] : logits.shape[-2] - pad[3], pad[0] : logits.shape[-1] - pad[1]]
-        if canvas is None:
-            canvas = torch.zeros(logits.shape[1], h, w, device=image.device, dtype=logits.dtype)
-        for (y1, y2, x1, x2), lg in zip(chunk, logits):
-            canvas[:, y1:y2, x1:x2] += lg
-            count[:, y1:y2, x1:x2] += 1
-    return canvas / count
+
+    def windows():
+        for start in range(0, len(boxes), max(protocol.window_batch, 1)):
+            chunk = boxes[start : start + protocol.window_batch]
+            crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+            pad = (0, 0, 0, 0)
+            if protocol.pad_to_patch:
+                crops, pad = _pad_to_multiple(crops, protocol.pad_multiple or patch_size)
+            logits = readout(crops)
+            logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+            if any(pad):
+                logits = logits[..., pad[2] : logits.shape[-2] - pad[3], pad[0] : logits.shape[-1] - pad[1]]
+            yield from zip(chunk, logits)
+
+    return stitch(windows(), (h, w), count_dtype=image.dtype)

@@ -153,6 +153,15 @@ class Preset:
     background: bool = False  # class 0 of `classes` is a background class (VOC21, Context60, COCO-Object)
     eval_protocol: str = "mmseg"  # the evaluation protocol `ovss eval` uses with it (ovss.eval.runner.PROTOCOLS)
 
+    @classmethod
+    def from_values(cls, values: Mapping[str, tuple[Any, str]], sources: Mapping[str, str] | None = None,
+                    **fields: Any) -> "Preset":
+        """A preset from `{setting: (value, source)}` (how every method file writes its presets):
+        the values become the overrides, their sources the sources, followed by `sources` (what is
+        sourced but not a setting, e.g. {"classes": "repo file:line"}); `fields` are the rest."""
+        return cls(overrides={k: v for k, (v, _) in values.items()},
+                   sources={k: s for k, (_, s) in values.items()} | dict(sources or {}), **fields)
+
 
 @dataclass(frozen=True)
 class MethodSpec:

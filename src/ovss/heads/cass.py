@@ -4,7 +4,7 @@ reference, its quirks and the settings' sources are in the method's file, `metho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -72,13 +72,14 @@ class CASSHead(HeadPlugin):
     """
 
     vfm: str = "dino-vitb8"
-    k_eigen: int = 20
-    rank: int = 10
-    niter: int = 2
-    scale: float = 10.0
-    stretch: bool = True
-    svd: str = "lowrank"
-    pairing: str = "cass"
+    # SpectralDistill's settings, flat (so `--set plugins=cass:rank=...` reaches them), its defaults
+    k_eigen: int = SpectralDistill.k_eigen
+    rank: int = SpectralDistill.rank
+    niter: int = SpectralDistill.niter
+    scale: float = SpectralDistill.scale
+    stretch: bool = SpectralDistill.stretch
+    svd: str = SpectralDistill.svd
+    pairing: str = SpectralDistill.pairing
     text_weight: float = 0.03
     prior_weight: float = 0.1
     cluster_threshold: float = 0.1
@@ -105,8 +106,7 @@ class CASSHead(HeadPlugin):
 
     @property
     def distill(self) -> SpectralDistill:
-        return SpectralDistill(self.k_eigen, self.rank, self.niter, self.scale, self.stretch, self.svd,
-                               self.pairing)
+        return SpectralDistill(**{f.name: getattr(self, f.name) for f in fields(SpectralDistill)})
 
     # ---- pieces (public so tests and other recipes can run them stage by stage) ------------
     def dino_keys(self, crop: torch.Tensor, normalization, grid: tuple[int, int]) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..core.protocol import window_boxes
+from ..core.protocol import stitch, window_boxes
 from ..core.registry import PLUGINS
 from ..core.trace import record
 from ..ops.graphs import lposs_patch_graph, normalize, patch_centres, propagate
@@ -92,13 +92,13 @@ class LPOSSHead(HeadPlugin):
         # is resized in float64 and added into the float32 canvas (lposs_eval.py:312-341)
         z = propagate(graph, seeds.double(), self.alpha, self.solver, self.maxiter)
         record("lposs.scores", z)
-        canvas = torch.zeros(z.shape[1], H, W, device=x.device, dtype=seeds.dtype)
-        count = torch.zeros(1, H, W, device=x.device, dtype=seeds.dtype)
-        start = 0
-        for (y1, y2, x1, x2), (hd, wd) in zip(boxes, grids):
-            blk = z[start:start + hd * wd].T.reshape(1, -1, hd, wd)
-            start += hd * wd
-            canvas[:, y1:y2, x1:x2] += F.interpolate(blk, size=(y2 - y1, x2 - x1), mode="bilinear",
-                                                    align_corners=False)[0]
-            count[:, y1:y2, x1:x2] += 1
-        return canvas / count
+
+        def windows():
+            start = 0
+            for (y1, y2, x1, x2), (hd, wd) in zip(boxes, grids):
+                blk = z[start:start + hd * wd].T.reshape(1, -1, hd, wd)
+                start += hd * wd
+                yield (y1, y2, x1, x2), F.interpolate(blk, size=(y2 - y1, x2 - x1), mode="bilinear",
+                                                      align_corners=False)[0]
+
+        return stitch(windows(), (H, W), dtype=seeds.dtype, count_dtype=seeds.dtype)

@@ -100,9 +100,8 @@ def _preset(name: str) -> Preset:
     values["plugins"] = (plugin, f"{_CFG.format(cfg, f'{lg}-{lh}')} (global_semantics_weight, mean_vector_weight, "
                          f"h_threshold); eigenscaling {_MODEL.format('465-473')}; prior source "
                          f"{_SEG.format('193-199, 240-243')}")
-    return Preset(overrides={k: v for k, (v, _) in values.items()},
-                  sources={k: s for k, (_, s) in values.items()} | {"classes": _CFG.format(cfg, 5)},
-                  classes="sclip/" + classes, background=name in _BACKGROUND)
+    return Preset.from_values(values, {"classes": _CFG.format(cfg, 5)},
+                              classes="sclip/" + classes, background=name in _BACKGROUND)
 
 
 register_method(MethodSpec(

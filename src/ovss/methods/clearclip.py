@@ -73,9 +73,8 @@ def _preset(cfg: str, resize_line: int, classes: str, background: bool = False,
         values["surgery.residual"] = (False, "ClearCLIP configs/base_config.py:7 (ignore_residual=True)")
         values["surgery.ffn"] = (False, "ClearCLIP configs/base_config.py:7 (ignore_residual=True)")
     folder = "clearclip" if classes in _OWN_FILES else "sclip"
-    return Preset(
-        overrides={k: v for k, (v, _) in values.items()},
-        sources={k: s for k, (_, s) in values.items()} | {"classes": _CFG.format(cfg, 5)},
+    return Preset.from_values(
+        values, {"classes": _CFG.format(cfg, 5)},
         classes=f"{folder}/{classes}",
         background=background,
         note=note,

@@ -117,10 +117,7 @@ def _repo(size: int, voc20: bool = False) -> Preset:
     if voc20:
         values["plugins"] = (plugin_spec(ClsPrior(100.0)), _SC.format("159-161") + " (VOC20: patch logits x CLS logits)")
         note += " VOC20: the class-token prior."
-    sources = {k: s for k, (_, s) in values.items()}
-    sources["eval_protocol"] = _EVAL_SRC
-    return Preset(overrides={k: v for k, (v, _) in values.items()}, sources=sources, note=note,
-                  eval_protocol="cliptrase")
+    return Preset.from_values(values, {"eval_protocol": _EVAL_SRC}, note=note, eval_protocol="cliptrase")
 
 
 def _standard(name: str) -> Preset:

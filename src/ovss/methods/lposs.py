@@ -106,11 +106,10 @@ def _preset(name: str, plus: bool) -> Preset:
                      _CFG_LPP + " (pixel_refine: true, tau, r)" if plus else _CFG_LP + " (pixel_refine: false)"),
     }
     file, where = _CLASSES[name]
-    return Preset(overrides={k: v for k, (v, _) in values.items()},
-                  sources={k: s for k, (_, s) in values.items()} | {"classes": "LPOSS " + where},
-                  classes=f"lposs/{file}",
-                  background=name in ("voc21", "context60", "coco-object"),
-                  note=_BED if name == "coco-object" else "")
+    return Preset.from_values(values, {"classes": "LPOSS " + where},
+                              classes=f"lposs/{file}",
+                              background=name in ("voc21", "context60", "coco-object"),
+                              note=_BED if name == "coco-object" else "")
 
 
 def _spec(name: str, plus: bool) -> MethodSpec:

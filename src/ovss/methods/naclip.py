@@ -80,9 +80,8 @@ def _preset(cfg: str, resize_line: int, short: int, classes: str, background: bo
         values[key] = (value, cfg_src(line) if isinstance(line, int) else line)
     if not pamr:
         values["refiners"] = _NO_PAMR
-    return Preset(
-        overrides={k: v for k, (v, _) in values.items()},
-        sources={k: s for k, (_, s) in values.items()} | {"classes": cfg_src(5)},
+    return Preset.from_values(
+        values, {"classes": cfg_src(5)},
         classes=f"sclip/{classes}",  # NACLIP's class files are byte-identical to SCLIP's
         background=background,
         note=note,

@@ -66,10 +66,10 @@ def _preset(cfg: str, short: int, classes: str, resize_line: int, background: bo
                          _SEG.format("31, 53" if vfm == "dino-vitb8" else "31, 57"))
     for key, (value, line) in (extra or {}).items():
         values[key] = (value, _CFG.format(cfg, line))
-    return Preset(overrides={k: v for k, (v, _) in values.items()},
-                  sources={k: s for k, (_, s) in values.items()} | {"classes": _CFG.format(cfg, 5)},
-                  classes=None if classes == "cls_ade20k847.txt" else _CLASS_DIR.get(classes, "sclip") + "/" + classes,
-                  background=background, note=note)
+    return Preset.from_values(values, {"classes": _CFG.format(cfg, 5)},
+                              classes=None if classes == "cls_ade20k847.txt"
+                              else _CLASS_DIR.get(classes, "sclip") + "/" + classes,
+                              background=background, note=note)
 
 
 # where each ProxyCLIP class file's copy lives (data/classnames/README.md)

@@ -164,9 +164,8 @@ def _preset(name: str, base: str = "naclip", fixed: bool = False) -> Preset:
                      f"'{base} + ResCLIP' row), with ResCLIP's protocol and this benchmark's config.")
     if fixed:
         notes.append(_FIXED)
-    return Preset(
-        overrides={k: val for k, (val, _) in values.items()},
-        sources={k: s for k, (_, s) in values.items()} | {"classes": src("classes")},
+    return Preset.from_values(
+        values, {"classes": src("classes")},
         classes=f"sclip/{_CLASSES[name]}",  # ResCLIP's class files are byte-identical to SCLIP's
         background=name in _BACKGROUND,
         note=" ".join(notes),

@@ -115,9 +115,8 @@ def _preset(name: str, l14: bool = False) -> Preset:
         notes.append("area_thd=0.1 (SCLIP's small-class rule) is in the code's config only.")
     if name == "coco-object":
         notes.append("The class file has 'bed' both among class 0's stuff words and as class 60.")
-    return Preset(
-        overrides={k: v for k, (v, _) in values.items()},
-        sources={k: s for k, (_, s) in values.items()} | {"classes": _CFG.format(cfg, 5)},
+    return Preset.from_values(
+        values, {"classes": _CFG.format(cfg, 5)},
         classes=f"sclip/{_CLASSES[name]}",  # SC-CLIP's class files are byte-identical to SCLIP's
         background=name in _BACKGROUND,
         note=" ".join(notes),

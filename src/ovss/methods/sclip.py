@@ -61,9 +61,8 @@ def _preset(cfg: str, resize_line: int, short: int, classes: str, background: bo
               "protocol.long_cap": (2048, resize), **_DEFAULTS}
     for key, (value, line) in (extra or {}).items():
         values[key] = (value, _CFG.format(cfg, line))
-    return Preset(
-        overrides={k: v for k, (v, _) in values.items()},
-        sources={k: s for k, (_, s) in values.items()} | {"classes": _CFG.format(cfg, 5)},
+    return Preset.from_values(
+        values, {"classes": _CFG.format(cfg, 5)},
         classes=f"sclip/{classes}",
         background=background,
         note=note,
