@@ -257,7 +257,8 @@ def score_png_b64(score: "np.ndarray") -> str:
 
 def answer_dict(result, fmt: str = "png", counts: str = "string", scores: bool = False,
                 requested: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
-    """What /segment answers for one `Result` (see the module doc), without `elapsed_s`."""
+    """What /segment answers for one `Result` (see the module doc), without `elapsed_s`; `fmt`
+    "none" leaves the label map out."""
     import numpy as np
 
     out = result.to_dict()
@@ -269,7 +270,7 @@ def answer_dict(result, fmt: str = "png", counts: str = "string", scores: bool =
                             "data": base64.b64encode(index_png_bytes(result.labels, result.palette)).decode()}
     elif fmt == "rle":
         out["label_map"] = rle_encode(result.labels)
-    else:
+    elif fmt == "coco_rle":
         lab = np.asarray(result.labels)
         masks = []
         for i, name in enumerate(result.class_names):
