@@ -556,7 +556,7 @@ PAGE_CSS = """
 .ovss-error { background: #fef2f2; color: #991b1b; border: 1px solid #fecaca; }
 .ovss-info { background: #f0fdf4; color: #14532d; border: 1px solid #bbf7d0; }
 #ovss-grid { flex-wrap: wrap; gap: 12px; }
-#ovss-grid > .ovss-panel { min-width: 300px; flex: 1 1 300px; border: 1px solid #e5e7eb; border-radius: 6px;
+#ovss-grid > .ovss-panel { min-width: 250px; max-width: 640px; flex: 1 1 250px; border: 1px solid #e5e7eb; border-radius: 6px;
   padding: 6px; }
 .ovss-title { font-weight: 700; font-size: 1.05em; margin-bottom: .3em; }
 .ovss-preset { font-weight: 400; color: #6b7280; }
@@ -729,7 +729,7 @@ def build_demo(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
                 panels: dict[str, dict[str, Any]] = {}
                 with gr.Row(elem_id="ovss-grid", equal_height=False):
                     for m in offered:
-                        with gr.Column(visible=False, min_width=300, elem_id=f"ovss-panel-{m}",
+                        with gr.Column(visible=False, min_width=250, elem_id=f"ovss-panel-{m}",
                                        elem_classes=["ovss-panel"]) as col:
                             view = gr.HTML(elem_id=f"ovss-view-{m}")
                             heat = gr.HTML(elem_id=f"ovss-heat-{m}")
