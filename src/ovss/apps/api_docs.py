@@ -24,6 +24,8 @@ DOC_ASSETS = {  # what /docs/assets/ serves, by name: the file in fastapi-offlin
     "favicon.png": "image/png",
 }
 
+REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+
 ERRORS = {  # status -> what it means on /segment (the OpenAPI descriptions)
     400: "the client went away before sending the whole request (only the access log sees this)",
     408: "the request body did not arrive within the body timeout",
@@ -275,7 +277,7 @@ def install_docs(app, title: str, openapi_url: str = "/openapi.json") -> str:
     """Add /docs, /redoc and /docs/assets/{name} to `app` (the app must be created with
     docs_url=None, redoc_url=None); returns which pages it serves: "swagger" or "fallback"."""
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-    from fastapi.responses import FileResponse, HTMLResponse
+    from fastapi.responses import FileResponse, HTMLResponse, Response
     from starlette.exceptions import HTTPException
 
     assets = docs_assets_dir()
@@ -289,12 +291,17 @@ def install_docs(app, title: str, openapi_url: str = "/openapi.json") -> str:
 
         return "fallback"
 
+    cache = {"Cache-Control": "public, max-age=86400"}
+    # ReDoc's sidebar shows its vendor's logo from a CDN: point it at the local favicon instead
+    redoc_js = (assets / "redoc.standalone.js").read_bytes().replace(REDOC_LOGO, b"/docs/assets/favicon.png")
+
     @app.get("/docs/assets/{name}", include_in_schema=False)
     def docs_asset(name: str):
         if name not in DOC_ASSETS:
             raise HTTPException(404, "Not Found")
-        return FileResponse(assets / name, media_type=DOC_ASSETS[name],
-                            headers={"Cache-Control": "public, max-age=86400"})
+        if name == "redoc.standalone.js":
+            return Response(redoc_js, media_type=DOC_ASSETS[name], headers=cache)
+        return FileResponse(assets / name, media_type=DOC_ASSETS[name], headers=cache)
 
     @app.get("/docs", include_in_schema=False)
     def swagger():

@@ -912,7 +912,7 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
               description=batch_doc,
               responses={200: {"description": "one JSON object per line (application/x-ndjson), per image",
                                "content": {"application/x-ndjson": {
-                                   "schema": {"$ref": "#/components/schemas/BatchLine"}}}},
+                                   "schema": docs.BatchLine.model_json_schema()}}},
                          **api_docs.error_responses(408, 413, 415, 422, 500, 503)},
               openapi_extra={"requestBody": api_docs.request_bodies(models.methods, presets, limits, batch=True)})
     async def segment_batch(request: Request):
