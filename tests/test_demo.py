@@ -340,7 +340,7 @@ def test_page_progress_is_visible_during_a_slow_run(page, monkeypatch):
         try:
             text = block.inner_text(timeout=1000)
             box = pg.locator("#ovss-progress").bounding_box()
-        except Exception:  # noqa: BLE001 - the block was replaced meanwhile: look again
+        except Exception:  # noqa: BLE001, S112 - the block was replaced meanwhile: look again
             continue
         for step in ("loading weights", "weights loaded", "encoding 11 classes", "segmenting"):
             if f"): {step}" in text:
