@@ -826,7 +826,14 @@ def build_demo(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
         def segment(image: Any, classes: str, methods: list[str] | None = None, preset: str = NO_PRESET) -> dict:
             """Segment an image with one or more methods; per method the class list used, whether a
             background class was added, the classes' colours, areas and mean scores, and the index PNG
-            (base64; pixel values are the class indices)."""
+            (base64; pixel values are the class indices).
+
+            Args:
+                image: the image file (PNG, JPEG, WebP, BMP, TIFF or GIF)
+                classes: class names separated by commas, synonyms by "|", e.g. "cat, sofa|couch"
+                methods: the methods to run (default: the page's first)
+                preset: a preset name, applied to the methods that have it, or "(none)"
+            """
             from ..data.io import _json_default
             from .serve import answer_dict
 
@@ -840,6 +847,9 @@ def build_demo(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
                     summary = value[0]
             return json.loads(json.dumps({"summary": summary, "methods": results}, default=_json_default))
 
+        # real types for Gradio's API page (this module's annotations are strings)
+        segment.__annotations__ = {"image": getattr(gr, "FileData", Any), "classes": str,
+                                   "methods": list[str] | None, "preset": str, "return": dict[str, Any]}
         if hasattr(gr, "api"):  # the page's one public endpoint on Gradio's API page
             gr.api(segment, api_name="segment")
 
