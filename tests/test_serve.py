@@ -173,12 +173,15 @@ def test_binds_to_localhost_by_default():
         ("scene", {"classes": "cat", "method": "segformer"}, 422, "unknown method 'segformer'"),
         ("scene", {"classes": "cat", "method": "sclip", "preset": "voc99"}, 422, "has no preset 'voc99'"),
         ("scene", {"classes": "cat", "format": "gif"}, 422, "unknown format"),
+        ("scene", {"classes": "cat", "format": "coco_rle", "counts": "zip"}, 422, "unknown 'counts'"),
+        ("scene", {"classes": "cat", "scores": "maybe"}, 422, "true or false"),
         ("scene", {"classes": "cat", "background": "maybe"}, 422, "true or false"),
         ("misnamed", {"classes": "cat"}, 422, "missing file field 'image'"),  # the file sent as 'photo'
     ],
     ids=["upload-over-20MiB", "over-25MP", "pixel-bomb", "non-image", "broken-png", "no-classes",
          "empty-classes", "only-commas", "duplicate-classes", "duplicate-synonym", "empty-synonym",
-         "unknown-method", "unknown-preset", "bad-format", "bad-background", "no-image"],
+         "unknown-method", "unknown-preset", "bad-format", "bad-counts", "bad-scores", "bad-background",
+         "no-image"],
 )
 def test_bad_input_gets_status_and_reason(server, image, fields, status, message):
     data = png_bytes(scene(0)) if image in ("scene", "misnamed") else image
@@ -202,9 +205,13 @@ def test_classes_are_never_read_as_a_server_file(server, tmp_path):
     assert "password123" not in r.text
 
 
-def test_not_multipart_is_415(server):
-    r = httpx.post(server.url + "/segment", json={"classes": "cat"}, timeout=30)
-    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+def test_neither_multipart_nor_json_is_415(server):
+    r = httpx.post(server.url + "/segment", content=b"classes=cat", timeout=30,
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and r.json()["status"] == 415
+    assert "multipart/form-data" in r.json()["detail"] and "application/json" in r.json()["detail"]
+    r = httpx.post(server.url + "/segment", json={"classes": "cat"}, timeout=30)  # JSON without its image
+    assert r.status_code == 422 and "missing field 'image'" in r.json()["detail"]
 
 
 def test_rle_round_trip():
@@ -252,6 +259,7 @@ def test_label_maps_equal_python_api(server, reference, method, preset, tmp_path
         np.testing.assert_array_equal(decode_label_map(body["label_map"]), ref.labels)
         assert [c["name"] for c in body["classes"]] == ref.class_names
         assert [c["color"] for c in body["classes"]] == ref.palette.tolist()
+        assert body["class_names"] == ref.class_names and body["background_added"] == ref.background_added
         assert [c["area"] for c in body["classes"]] == pytest.approx(list(ref.areas().values()))
         assert body["method"] == method and body["preset"] == preset and body["image_size"] == [80, 120]
     # the PNG is the index PNG `ovss segment` writes: palette mode, pixel values are the indices

@@ -19,21 +19,39 @@ def test_voc_palette_known_entries():
         named_palette("nope")
 
 
-@pytest.mark.parametrize("n", [1, 21, 255, 300, 2000])
+@pytest.mark.parametrize("n", [1, 21, 64, 65, 255, 300, 2000])
 def test_palette_deterministic_and_distinct(n):
     names = [f"class {i}" for i in range(n)]
     pal = palette_for(names)
     assert pal.shape == (n, 3) and pal.dtype == np.uint8
     assert np.array_equal(pal, palette_for(list(names)))
     assert len({tuple(c) for c in pal.tolist()}) == n
-    assert [0, 0, 0] not in pal.tolist()
-    assert np.array_equal(pal[: min(n, 255)], VOC_PALETTE[1 : 1 + min(n, 255)])
+    assert [0, 0, 0] not in pal.tolist()  # black is the background's
+    voc = palette_for(names, base="voc")  # the VOC colour map by index, as before
+    assert np.array_equal(voc[: min(n, 255)], VOC_PALETTE[1 : 1 + min(n, 255)])
+    assert len({tuple(c) for c in voc.tolist()}) == n
+
+
+def test_palette_follows_names_not_positions():
+    """A class keeps its colour whatever its position, its spelling's case, and whether a method
+    put a "background" class in front of it; the background is black."""
+    names = ["sky", "grass", "water", "brick wall", "snow"]
+    pal = palette_for(names)
+    with_bg = palette_for(["background", *names])
+    assert with_bg[0].tolist() == [0, 0, 0]
+    assert np.array_equal(with_bg[1:], pal)
+    assert np.array_equal(palette_for(["Background", *names])[1:], pal)
+    alone = {n: palette_for([n])[0].tolist() for n in names}
+    assert len({tuple(c) for c in alone.values()}) == len(names)  # these five hash to five colours
+    assert dict(zip(names, pal.tolist())) == alone
+    assert dict(zip(names[::-1], palette_for(names[::-1]).tolist())) == alone
+    assert palette_for(["  Brick   WALL "])[0].tolist() == alone["brick wall"]
 
 
 def test_palette_hsv_base():
     pal = palette_for(["a", "b", "c"], base="hsv")
     assert len({tuple(c) for c in pal.tolist()}) == 3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'name', 'voc', 'hsv'"):
         palette_for(["a"], base="nope")
 
 

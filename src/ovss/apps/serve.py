@@ -1,31 +1,51 @@
 """`ovss serve`: a small HTTP API over the segmenters (FastAPI + uvicorn, the `ovss[serve]` extra).
 
-Endpoints:
+Endpoints (`/docs` shows and tries them, served from this server: it works offline):
 
-- ``POST /segment`` (multipart/form-data): ``image`` (file), ``classes`` ("cat, sofa|couch":
-  classes split on commas, synonyms on "|"), optional ``method`` (default: the server's first),
-  ``preset``, ``background`` (true/false) and ``format`` (``png`` or ``rle``). Returns the JSON
-  sidecar (`Result.to_dict`: class names, colours, area shares, mean scores, settings) plus
-  ``label_map``:
+- ``POST /segment``: one image and a class list, as ``multipart/form-data`` (``image`` file) or
+  ``application/json`` (``image`` as base64, a data: URL is fine). Fields: ``classes`` ("cat,
+  sofa|couch": classes split on commas, synonyms on "|"; in JSON also a list, one class per item),
+  optional ``method`` (default: the server's first), ``preset``, ``background`` (true/false),
+  ``format`` (``png``, ``rle`` or ``coco_rle``), ``counts`` (``string`` or ``list``, for
+  coco_rle) and ``scores`` (true/false). The answer is the JSON sidecar (`Result.to_dict`: class
+  names, colours, area shares, mean scores, settings) plus ``class_names`` (the class list used,
+  in label-map order), ``classes_requested``, ``background_added`` (class 0 "background" was
+  added by the method's probability threshold, shifting every requested class by one) and:
 
-  - ``{"format": "png", "encoding": "base64", "data": ...}``: the index PNG exactly as
-    ``ovss segment`` writes it (8-bit palette PNG whose pixel values are the class indices;
-    16-bit grey above 256 classes);
-  - ``{"format": "rle", "size": [H, W], "order": "row-major", "values": [...], "lengths": [...]}``:
-    the label map read row by row (C order) as runs of equal values; decode with
-    ``np.repeat(values, lengths).reshape(H, W)``. The lengths sum to H * W.
+  - ``format=png``: ``label_map = {"format": "png", "encoding": "base64", "data": ...}``, the
+    index PNG exactly as ``ovss segment`` writes it (8-bit palette PNG whose pixel values are the
+    class indices; 16-bit grey above 256 classes);
+  - ``format=rle``: ``label_map = {"format": "rle", "size": [H, W], "order": "row-major",
+    "values": [...], "lengths": [...]}``, the label map read row by row as runs of equal values;
+    ``np.repeat(values, lengths).reshape(H, W)``;
+  - ``format=coco_rle``: ``masks``, one per class (absent ones too): ``{"index", "name", "pixels",
+    "segmentation": {"size": [H, W], "counts": ...}}``, the class's binary mask as COCO RLE
+    (column-major runs alternating 0s and 1s, starting with 0s), ``counts`` as pycocotools'
+    compressed string (``counts=string``, what ``pycocotools.mask.encode`` gives and ``decode``
+    reads) or as the list of run lengths (``counts=list``);
+  - ``scores=true`` adds ``score_maps``: each class's probability as an 8-bit grey PNG (base64,
+    value = round(255 p)), at the image size (at the network's size for very large images).
 
-- ``GET /methods``: the methods this server runs, with their presets.
+- ``POST /segment/batch``: several images (``image`` repeated in the form, or ``images`` in JSON)
+  and one class list; answers ``application/x-ndjson``, one JSON line per image as it finishes:
+  ``{"index", "filename", "status": 200, ...the /segment answer}`` or ``{"index", "filename",
+  "status": 4xx/5xx, "detail"}`` for an image that failed. The whole batch's body is bounded
+  like one upload (``max_upload_mb``), at most ``max_batch`` images; it holds one slot, and each
+  image has the request timeout from the moment its job is queued.
+- ``GET /methods``: the methods this server runs, with their presets, and whether each is ready
+  here (``ready``; ``missing`` says what it lacks, e.g. a DINO model to ``ovss download``).
 - ``GET /health``: status, device, queue occupancy and loaded models.
 
 Every failure is JSON ``{"detail": "...", "status": N}``: 404/405 unknown path or method; 408
 body not received within ``body_timeout`` (default 60 s); 413 upload over ``max_upload_mb``
 (default 20 MiB) or image over ``max_pixels`` (default 25 megapixels, checked from the header
-before decoding); 415 not multipart/form-data, or a file that is not a decodable PNG, JPEG, WebP,
-BMP, TIFF or GIF (no other decoder is ever reached: EPS would run Ghostscript); 422 missing or bad
-field (empty or duplicate classes, over ``max_classes`` names or ``max_class_chars`` characters
-per name, unknown method or preset, bad format, an image too thin to segment); 500 a bug; 503
-with ``Retry-After`` when the queue is full or the request outlived ``request_timeout``.
+before decoding); 415 neither multipart/form-data nor JSON, or a file that is not a decodable
+PNG, JPEG, WebP, BMP, TIFF or GIF (no other decoder is ever reached: EPS would run Ghostscript);
+422 missing or bad field (empty or duplicate classes, over ``max_classes`` names or
+``max_class_chars`` characters per name, unknown method or preset, bad format, bad base64, an
+image too thin to segment); 500 a bug; 503 with ``Retry-After`` when the queue is full or the
+request outlived ``request_timeout``, and 503 without it when the method's weights are not on
+this server (the detail names the ``ovss download`` command).
 
 Requests run on a bounded pool of worker threads (1 on CPU: torch already uses every core within
 one request; 2 on an accelerator, so one request's decoding and encoding overlap another's
@@ -34,13 +54,15 @@ check, so slow uploads cannot hold slots; they are cut off by the body timeout, 
 of bodies held at once (uploading or admitted) are bounded by ``capacity`` bodies. At most
 ``workers + max_queue`` requests are admitted at once; any request beyond that gets 503 at once
 with ``Retry-After`` estimated from the measured queue, never a wait without bound. Loaded models
-are cached and shared: one CLIP per server, one `Segmenter` per (method, preset) on top of it;
-their text banks keep query embeddings in bounded LRU caches in memory and on disk.
+are cached and shared (`ovss.apps.model_cache.ModelCache`, also the web demo's): one CLIP per
+server, one `Segmenter` per (method, preset) on top of it; their text banks keep query
+embeddings in bounded LRU caches in memory and on disk.
 """
 
 import argparse
 import asyncio
 import base64
+import binascii
 import contextlib
 import io
 import json
@@ -50,17 +72,23 @@ import os
 import threading
 import time
 import warnings
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .model_cache import ModelCache, RequestExpired, WeightsMissing, methods_info
+
 if TYPE_CHECKING:
     import numpy as np
+
+__all__ = ["ModelCache", "RequestExpired", "coco_rle_decode", "coco_rle_encode", "create_app",
+           "decode_label_map", "methods_info", "rle_decode", "rle_encode"]
 
 DEFAULT_MAX_UPLOAD_MB = 20.0  # MiB (2^20 bytes)
 DEFAULT_MAX_PIXELS = 25_000_000
 DEFAULT_MAX_QUEUE = 16
+DEFAULT_MAX_BATCH = 16  # images per /segment/batch request
 # Class names per request (synonyms count: each is a query) and characters per name. Text cost
 # grows with names x templates (one 4000-name request kept a CPU worker 169 s); 300 admits every
 # benchmark class list shipped but PASCAL Context-459 (raise --max-classes for it), 200
@@ -70,7 +98,9 @@ DEFAULT_MAX_CLASS_CHARS = 200
 DEFAULT_BODY_TIMEOUT = 60.0  # s to receive a whole request body (slow clients get 408)
 DEFAULT_REQUEST_TIMEOUT = 300.0  # s from a request's arrival to its answer (then 503)
 FORM_OVERHEAD = 64 * 1024  # bytes allowed in a request body beyond the image and class names
-LABEL_FORMATS = ("png", "rle")
+LABEL_FORMATS = ("png", "rle", "coco_rle")
+COUNTS_FORMS = ("string", "list")
+FIELDS = ("classes", "method", "preset", "background", "format", "counts", "scores")
 # The only decoders an upload reaches (Pillow ids). Pillow would otherwise try every plugin it
 # has, EPS included, which hands the file to Ghostscript.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
@@ -80,151 +110,9 @@ log = logging.getLogger("ovss.serve")
 SERVE_EXTRA_HINT = 'the HTTP API needs FastAPI and uvicorn: pip install "ovss[serve]"'
 
 
-# ------------------------------------------------------------------------------------- model cache
-
-
-class RequestExpired(TimeoutError):
-    """A job whose request already timed out (and was answered) stops here."""
-
-
-class _Entry:
-    __slots__ = ("lock", "segmenter")
-
-    def __init__(self, segmenter):
-        self.segmenter = segmenter
-        # A Segmenter keeps per-call state (the decision's assigned-pixel mask), so one entry
-        # serves one call at a time; different (method, preset) entries run in parallel.
-        self.lock = threading.Lock()
-
-
-class ModelCache:
-    """One loaded CLIP shared by every method, and a `Segmenter` per (method, preset) over it.
-
-    Thread-safe. Shared by the HTTP API and the Gradio demo. `methods` restricts which methods
-    may be asked for (default: all registered). At most `max_segmenters` recipes are kept (the
-    least recently used is dropped; the CLIP weights stay).
-    """
-
-    def __init__(self, backbone: str = "clip-vit-b16", weights: str | os.PathLike | None = None,
-                 device: str = "auto", methods: Sequence[str] | None = None,
-                 tokenizer: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 max_segmenters: int = 32):
-        from ..core.segmenter import resolve_device
-        from ..methods import get_method, list_methods
-
-        self.backbone = os.fspath(backbone)
-        self.weights = None if weights is None else os.fspath(weights)
-        self.device = resolve_device(device)
-        if methods:
-            self.methods = list(dict.fromkeys(m.strip() for m in methods))
-            for m in self.methods:
-                get_method(m)  # KeyError with the valid names for a typo
-        else:  # all registered methods, MaskCLIP (the common baseline) first: the default
-            names = list_methods()
-            self.methods = sorted(names, key=lambda n: n != "maskclip")
-        self.tokenizer = tokenizer
-        self.cache_dir = cache_dir
-        self.max_segmenters = max_segmenters
-        self._clip = None
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str | None], _Entry] = OrderedDict()
-
-    # -- validation (raises ValueError with a message fit for a user) --
-    def check(self, method: str | None, preset: str | None) -> tuple[str, str | None]:
-        """Normalise and validate a (method, preset) request; None/"" method = the default (the
-        first of `methods`). Raises ValueError naming what is valid."""
-        from ..methods import get_method
-
-        method = (method or "").strip() or self.methods[0]
-        if method not in self.methods:
-            raise ValueError(f"unknown method {method!r}; this server runs: {', '.join(self.methods)}")
-        preset = (preset or "").strip() or None
-        if preset is not None and preset.lower() == "none":
-            preset = None
-        spec = get_method(method)
-        if preset is not None and preset not in spec.presets:
-            raise ValueError(f"method {method!r} has no preset {preset!r}; presets: "
-                             f"{', '.join(sorted(spec.presets)) or 'none'}")
-        return method, preset
-
-    def clip(self):
-        """The shared CLIP, loaded on first use."""
-        with self._lock:
-            return self._load_clip()
-
-    def _load_clip(self):
-        if self._clip is None:
-            from ..backbones.factory import create_clip
-
-            self._clip = create_clip(self.backbone, weights=self.weights, device=self.device,
-                                     cache_dir=self.cache_dir)
-        return self._clip
-
-    def entry(self, method: str, preset: str | None = None) -> _Entry:
-        method, preset = self.check(method, preset)
-        key = (method, preset)
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
-            from ..core.segmenter import Segmenter
-
-            seg = Segmenter(method, backbone=self.backbone, weights=self.weights, preset=preset,
-                            device=self.device, tokenizer=self.tokenizer, clip=self._load_clip())
-            self._entries[key] = e = _Entry(seg)
-            while len(self._entries) > self.max_segmenters:
-                self._entries.popitem(last=False)
-            return e
-
-    def segmenter(self, method: str, preset: str | None = None):
-        return self.entry(method, preset).segmenter
-
-    def segment(self, image: Any, classes: Any, method: str, preset: str | None = None,
-                background: bool | None = None, keep_image: bool = True, deadline: float | None = None):
-        """Run one (method, preset) on an image; one call at a time per cached Segmenter.
-
-        Past `deadline` (time.monotonic()) the call raises RequestExpired, checked on entry and
-        between text batches: a request that timed out while a huge class list was being encoded
-        gives its worker back within one batch (the names finished stay cached for a retry)."""
-        e = self.entry(method, preset)
-        with e.lock:
-            bank = e.segmenter.text_bank
-            if deadline is not None:
-                def check() -> None:
-                    if time.monotonic() > deadline:
-                        raise RequestExpired("the request's time ran out; its job was abandoned")
-
-                check()
-                bank.interrupt = check
-            try:
-                return e.segmenter(image, classes, background=background, keep_image=keep_image)
-            finally:
-                bank.interrupt = None
-
-    def loaded(self) -> list[str]:
-        with self._lock:
-            return [m + (f":{p}" if p else "") for m, p in self._entries]
-
-
 def default_workers(device) -> int:
     """1 worker on CPU (torch spreads one request over all cores), 2 on an accelerator."""
     return 1 if str(device).startswith("cpu") else 2
-
-
-def methods_info(names: Sequence[str]) -> dict[str, Any]:
-    from ..methods import get_method
-
-    out = {}
-    for n in names:
-        m = get_method(n)
-        out[n] = {
-            "summary": m.summary,
-            "paper": m.paper,
-            "code": m.code,
-            "presets": {k: {"classes": p.classes, "background": p.background, "note": p.note}
-                        for k, p in m.presets.items()},
-        }
-    return out
 
 
 # ------------------------------------------------------------------------------------ label maps
@@ -261,6 +149,89 @@ def rle_decode(rle: dict[str, Any]) -> "np.ndarray":
     return np.repeat(np.asarray(rle["values"], np.int64), np.asarray(rle["lengths"], np.int64)).reshape(h, w)
 
 
+def coco_counts(mask: "np.ndarray") -> list[int]:
+    """COCO's uncompressed RLE counts of a binary (H, W) mask: the mask read column by column
+    (Fortran order) as run lengths, alternating 0s and 1s and starting with a run of 0s (of length
+    0 when the first pixel is set)."""
+    import numpy as np
+
+    flat = np.asarray(mask, bool).ravel(order="F")
+    if flat.size == 0:
+        return []
+    cuts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], cuts, [flat.size]]))
+    if flat[0]:
+        runs = np.concatenate([[0], runs])
+    return runs.astype(np.int64).tolist()
+
+
+def coco_counts_to_string(counts: Sequence[int]) -> str:
+    """Counts in the compressed text form of the COCO API (`pycocotools.mask.encode`'s "counts",
+    decoded as ASCII): from the third count on, each is stored as its difference from the count two
+    before; every value is written as little-endian groups of 5 bits, one character (48 + the group,
+    + 32 when another group follows) per group, the last group's top bit carrying the sign."""
+    out = []
+    for i, x in enumerate(counts):
+        x = int(x)
+        if i > 2:
+            x -= int(counts[i - 2])
+        while True:
+            c = x & 0x1F
+            x >>= 5  # arithmetic shift: -1 stays -1
+            more = x != -1 if c & 0x10 else x != 0
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+            if not more:
+                break
+    return "".join(out)
+
+
+def coco_string_to_counts(s: str) -> list[int]:
+    """The inverse of `coco_counts_to_string`."""
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def coco_rle_encode(mask: "np.ndarray", compressed: bool = True) -> dict[str, Any]:
+    """A binary (H, W) mask as COCO RLE {"size": [H, W], "counts": str | list}."""
+    import numpy as np
+
+    m = np.asarray(mask)
+    counts = coco_counts(m)
+    return {"size": [int(m.shape[0]), int(m.shape[1])],
+            "counts": coco_counts_to_string(counts) if compressed else counts}
+
+
+def coco_rle_decode(rle: dict[str, Any]) -> "np.ndarray":
+    """A COCO RLE (either counts form) -> the (H, W) bool mask."""
+    import numpy as np
+
+    h, w = rle["size"]
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        counts = coco_string_to_counts(counts.decode("ascii") if isinstance(counts, bytes) else counts)
+    values = np.arange(len(counts)) % 2 == 1  # runs alternate 0, 1, 0, ...
+    flat = np.repeat(values, np.asarray(counts, np.int64))
+    if flat.size != h * w:
+        raise ValueError(f"RLE counts sum to {flat.size}, not {h} x {w} = {h * w}")
+    return flat.reshape((h, w), order="F")
+
+
 def decode_label_map(label_map: dict[str, Any]) -> "np.ndarray":
     """A response's ``label_map`` -> (H, W) int64 array (either format)."""
     import numpy as np
@@ -271,6 +242,48 @@ def decode_label_map(label_map: dict[str, Any]) -> "np.ndarray":
 
     with Image.open(io.BytesIO(base64.b64decode(label_map["data"]))) as im:
         return np.array(im).astype(np.int64)
+
+
+def score_png_b64(score: "np.ndarray") -> str:
+    """A probability map in [0, 1] as an 8-bit grey PNG (round(255 p)), base64."""
+    import numpy as np
+    from PIL import Image
+
+    s8 = np.clip(np.round(np.asarray(score, np.float32) * 255), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(s8, mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def answer_dict(result, fmt: str = "png", counts: str = "string", scores: bool = False,
+                requested: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
+    """What /segment answers for one `Result` (see the module doc), without `elapsed_s`; `fmt`
+    "none" leaves the label map out."""
+    import numpy as np
+
+    out = result.to_dict()
+    out["class_names"] = list(result.class_names)
+    out["classes_requested"] = [list(g) for g in requested] if requested is not None else None
+    out["background_added"] = bool(getattr(result, "background_added", False))
+    if fmt == "png":
+        out["label_map"] = {"format": "png", "encoding": "base64",
+                            "data": base64.b64encode(index_png_bytes(result.labels, result.palette)).decode()}
+    elif fmt == "rle":
+        out["label_map"] = rle_encode(result.labels)
+    elif fmt == "coco_rle":
+        lab = np.asarray(result.labels)
+        masks = []
+        for i, name in enumerate(result.class_names):
+            m = lab == i
+            masks.append({"index": i, "name": name, "pixels": int(m.sum()),
+                          "segmentation": coco_rle_encode(m, compressed=counts == "string")})
+        out["masks"] = masks
+    if scores:
+        sc = np.asarray(result.scores)
+        out["score_maps"] = [{"index": i, "name": n, "size": [int(sc.shape[1]), int(sc.shape[2])],
+                              "full_size": bool(result.scores_full_size), "format": "png", "encoding": "base64",
+                              "data": score_png_b64(sc[i])} for i, n in enumerate(result.class_names)]
+    return out
 
 
 # ------------------------------------------------------------------------------------ worker pool
@@ -505,6 +518,109 @@ def _probe_image(data: bytes, max_pixels: int):
     return im
 
 
+class _Parsed:
+    """One /segment or /segment/batch request, read from a form or a JSON body."""
+
+    __slots__ = ("background", "counts", "fmt", "groups", "images", "method", "preset", "scores", "texts")
+
+    def __init__(self):
+        self.images: list[tuple[str | None, bytes]] = []
+        self.texts: list[str] = []
+        self.groups: list[list[str]] | None = None  # set when the classes came as a JSON list
+        self.method = self.preset = None
+        self.background: bool | None = None
+        self.fmt, self.counts, self.scores = "png", "string", False
+
+
+def _choice(value: Any, name: str, choices: Sequence[str], default: str) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if not isinstance(value, str):
+        raise _HTTPError(422, f"field {name!r} must be text, one of {', '.join(choices)}")
+    v = value.strip().lower()
+    if v not in choices:
+        what = "format" if name == "format" else f"{name!r}"
+        raise _HTTPError(422, f"unknown {what} {value!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
+    return v
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _HTTPError(422, f"field {name!r} must be text")
+    return value
+
+
+def _json_bool(value: Any, name: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _parse_bool(value, name)
+    raise _HTTPError(422, f"field {name!r} must be true or false, got {value!r}")
+
+
+def _b64_image(value: Any, name: str, max_bytes: int) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise _HTTPError(422, f"field {name!r} must be the image file as a base64 string")
+    if value.startswith("data:"):  # a data: URL
+        head, sep, value = value.partition(",")
+        if not sep or ";base64" not in head:
+            raise _HTTPError(422, f"field {name!r}: a data: URL must be base64 (data:image/png;base64,...)")
+    value = "".join(value.split())
+    if len(value) > 4 * math.ceil(max_bytes / 3) + 4:
+        raise _HTTPError(413, f"upload too large: field {name!r} decodes to more than the limit of "
+                              f"{max_bytes:,} bytes per image")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _HTTPError(422, f"field {name!r} is not valid base64: {e}") from None
+    if len(data) > max_bytes:
+        raise _HTTPError(413, f"upload too large: {len(data):,} bytes; the limit is {max_bytes:,} bytes per image")
+    return data
+
+
+def parse_json_body(body: bytes, batch: bool, max_bytes: int, max_batch: int) -> _Parsed:
+    """A JSON request: {"image": base64 | "images": [base64, ...], "classes": ..., ...}."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _HTTPError(422, f"the JSON body cannot be parsed: {e}") from None
+    key = "images" if batch else "image"
+    if not isinstance(obj, dict):
+        raise _HTTPError(422, f"the JSON body must be an object with {key!r} (base64) and 'classes'")
+    unknown = sorted(set(obj) - {key, *FIELDS})
+    if unknown:
+        raise _HTTPError(422, f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are "
+                              f"{', '.join((key, *FIELDS))}")
+    p = _Parsed()
+    if key not in obj:
+        raise _HTTPError(422, f"missing field {key!r}: the image file{'s' if batch else ''} as base64")
+    if batch:
+        items = obj["images"]
+        if not isinstance(items, list) or not items:
+            raise _HTTPError(422, "field 'images' must be a non-empty list of base64 strings")
+        if len(items) > max_batch:
+            raise _HTTPError(422, f"too many images: {len(items)}; at most {max_batch} per batch")
+        p.images = [(None, _b64_image(v, f"images[{i}]", max_bytes)) for i, v in enumerate(items)]
+    else:
+        p.images = [(None, _b64_image(obj["image"], "image", max_bytes))]
+    classes = obj.get("classes")
+    if classes is None:
+        raise _HTTPError(422, "missing field 'classes': give class names separated by commas, synonyms by '|', "
+                              "e.g. \"cat, sofa|couch\", or a list of them")
+    if isinstance(classes, str):
+        p.texts = [classes]
+    elif isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        p.groups = [[s.strip() for s in c.split("|")] for c in classes]
+    else:
+        raise _HTTPError(422, "field 'classes' must be a string or a list of strings")
+    p.method, p.preset = _text(obj.get("method"), "method"), _text(obj.get("preset"), "preset")
+    p.background = _json_bool(obj.get("background"), "background")
+    p.fmt = _choice(obj.get("format"), "format", LABEL_FORMATS, "png")
+    p.counts = _choice(obj.get("counts"), "counts", COUNTS_FORMS, "string")
+    p.scores = bool(_json_bool(obj.get("scores"), "scores"))
+    return p
+
+
 def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None = None,
                methods: Sequence[str] | None = None, device: str = "auto", max_queue: int = DEFAULT_MAX_QUEUE,
                workers: int | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
@@ -512,13 +628,13 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
                cache_dir: str | os.PathLike | None = None, preload: bool = True,
                models: ModelCache | None = None, max_classes: int = DEFAULT_MAX_CLASSES,
                max_class_chars: int = DEFAULT_MAX_CLASS_CHARS, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-               request_timeout: float = DEFAULT_REQUEST_TIMEOUT):
+               request_timeout: float = DEFAULT_REQUEST_TIMEOUT, max_batch: int = DEFAULT_MAX_BATCH):
     """The FastAPI app. `preload` loads the CLIP now, so a bad backbone fails at start-up (and
     the first request does not pay for it). `models` shares an existing cache."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse, Response
+        from fastapi.responses import JSONResponse, Response, StreamingResponse
     except ImportError as e:
         raise ImportError(f"{SERVE_EXTRA_HINT} ({e})") from e
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -527,10 +643,13 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
 
     from ..core.version import __version__
     from ..data.io import ImageError, read_image
+    from ..methods import get_method
     from ..text.bank import parse_classes, split_class_string
+    from . import api_docs
 
-    if min(max_classes, max_class_chars) < 1 or min(body_timeout, request_timeout) <= 0:
-        raise ValueError("max_classes, max_class_chars, body_timeout and request_timeout must be positive")
+    if min(max_classes, max_class_chars, max_batch) < 1 or min(body_timeout, request_timeout) <= 0:
+        raise ValueError("max_classes, max_class_chars, max_batch, body_timeout and request_timeout must be "
+                         "positive")
     models = models or ModelCache(backbone, weights=weights, device=device, methods=methods,
                                   tokenizer=tokenizer, cache_dir=cache_dir)
     if preload:
@@ -539,25 +658,29 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
     max_bytes = int(max_upload_mb * 1024 * 1024)
     # form fields: the class names at up to 4 UTF-8 bytes a character, plus separators
     field_bytes = FORM_OVERHEAD + 4 * max_classes * (max_class_chars + 2)
-    hard = max_bytes + field_bytes  # largest request body read
-    budget = ByteBudget(pool.capacity * hard)
+    hard = max_bytes + field_bytes  # largest multipart body read
+    hard_json = 4 * math.ceil(max_bytes / 3) + field_bytes  # the same image in base64
+    budget = ByteBudget(pool.capacity * max(hard, hard_json))
     limits = {"max_upload_mb": max_upload_mb, "max_upload_bytes": max_bytes, "max_pixels": max_pixels,
               "workers": pool.workers, "max_queue": pool.max_queue, "max_classes": max_classes,
               "max_class_chars": max_class_chars, "body_timeout_s": body_timeout,
-              "request_timeout_s": request_timeout, "image_formats": list(IMAGE_FORMATS)}
+              "request_timeout_s": request_timeout, "image_formats": list(IMAGE_FORMATS), "max_batch": max_batch}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
         pool.shutdown()
 
-    app = FastAPI(title="ovss", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="ovss", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Training-free open-vocabulary semantic segmentation. " + limits_text(limits))
     app.state.models = models
     app.state.pool = pool
     app.state.limits = limits
     app.state.budget = budget
+    app.state.docs = api_docs.install_docs(app, "ovss")
     app.add_middleware(JSONErrorsMiddleware)
+    docs = api_docs.models()
+    presets = sorted({p for m in models.methods for p in get_method(m).presets})
 
     def error(status: int, detail: str, headers: dict[str, str] | None = None):
         return JSONResponse({"detail": detail, "status": status}, status_code=status, headers=headers)
@@ -570,7 +693,8 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
     async def validation_error(_request, exc):
         return error(422, f"bad request: {exc.errors()}")
 
-    @app.get("/health")
+    @app.get("/health", summary="Status, device, queue and loaded models",
+             responses=api_docs.error_responses(500))
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "device": str(models.device),
                 "backbone": models.backbone, "queue": {"admitted": pool.admitted, "capacity": pool.capacity,
@@ -580,22 +704,23 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
                 "uploads": {"bytes_held": budget.used, "bytes_limit": budget.limit},
                 "loaded": models.loaded(), "limits": limits}
 
-    @app.get("/methods")
+    @app.get("/methods", summary="The methods this server runs, their presets, and which are ready here",
+             response_model=docs.MethodsAnswer, responses=api_docs.error_responses(500))
     def get_methods() -> dict[str, Any]:
-        return {"default": models.methods[0], "backbone": models.backbone, "methods": methods_info(models.methods)}
+        return {"default": models.methods[0], "backbone": models.backbone,
+                "methods": methods_info(models.methods, models)}
 
     def busy(detail: str):
         ra = pool.retry_after()
         return _HTTPError(503, f"{detail}; retry in about {ra} s", {"Retry-After": str(ra)})
 
-    async def read_body(request: Request, seconds: float, held: list[int]) -> bytes:
-        """The whole body within `seconds` (else 408), within the size bound (413) and the budget
-        of body bytes held at once (503). `held[0]` counts the bytes this request took from it."""
+    async def read_body(request: Request, seconds: float, held: list[int], limit: int, too_big: str) -> bytes:
+        """The whole body within `seconds` (else 408), within `limit` bytes (413) and the budget of
+        body bytes held at once (503). `held[0]` counts the bytes this request took from it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         declared = request.headers.get("content-length")
-        too_big = f"upload too large: the limit is {max_upload_mb:g} MiB ({max_bytes:,} bytes) per image"
-        over = declared is not None and declared.isdigit() and int(declared) > hard
+        over = declared is not None and declared.isdigit() and int(declared) > limit
         refused = _HTTPError(413, too_big) if over else None
         buf = bytearray()
         drained = 0
@@ -615,10 +740,10 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
             # the connection before it reads the answer. Give up past 4x the bound.
             if refused is not None:
                 drained += len(chunk)
-                if drained > 4 * hard:
+                if drained > 4 * limit:
                     break
                 continue
-            if len(buf) + len(chunk) > hard:
+            if len(buf) + len(chunk) > limit:
                 refused = _HTTPError(413, too_big)
             elif not budget.take(len(chunk)):
                 refused = busy(f"the server is busy ({budget.used:,} bytes of uploads in progress)")
@@ -632,19 +757,80 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
             raise refused
         return bytes(buf)
 
-    async def parse_form(request: Request, body: bytes):
+    async def parse_multipart(request: Request, body: bytes, batch: bool) -> _Parsed:
         async def stream():
             yield body
             yield b""
 
         try:
-            return await MultiPartParser(request.headers, stream(), max_files=1, max_fields=16,
-                                         max_part_size=field_bytes).parse()
+            form = await MultiPartParser(request.headers, stream(), max_files=max_batch if batch else 1,
+                                         max_fields=16, max_part_size=field_bytes).parse()
         except MultiPartException as e:
-            raise _HTTPError(422, f"malformed multipart form: {e.message if hasattr(e, 'message') else e}")
+            msg = e.message if hasattr(e, "message") else str(e)
+            if batch and "files" in msg.lower():
+                raise _HTTPError(422, f"too many images; at most {max_batch} per batch ({msg})") from None
+            raise _HTTPError(422, f"malformed multipart form: {msg}") from None
+        try:
+            p = _Parsed()
+            uploads = form.getlist("image")
+            if not uploads or any(isinstance(u, str) for u in uploads):
+                raise _HTTPError(422, "missing file field 'image' (send it as a file: -F image=@photo.jpg)")
+            for u in uploads:
+                data = await u.read()
+                if len(data) > max_bytes:
+                    raise _HTTPError(413, f"upload too large: {len(data):,} bytes; the limit is {max_upload_mb:g} "
+                                          f"MiB ({max_bytes:,} bytes) per image")
+                p.images.append((u.filename, data))
+            p.texts = form.getlist("classes")
+            if not p.texts:
+                raise _HTTPError(422, "missing field 'classes': give class names separated by commas, "
+                                      "synonyms by '|', e.g. classes=\"cat, sofa|couch\"")
+            if not all(isinstance(t, str) for t in p.texts):
+                raise _HTTPError(422, "field 'classes' must be text, not a file")
+            p.method, p.preset = text_field(form, "method"), text_field(form, "preset")
+            p.fmt = _choice(text_field(form, "format"), "format", LABEL_FORMATS, "png")
+            p.counts = _choice(text_field(form, "counts"), "counts", COUNTS_FORMS, "string")
+            p.background = _parse_bool(text_field(form, "background"), "background")
+            p.scores = bool(_parse_bool(text_field(form, "scores"), "scores"))
+            return p
+        finally:
+            await form.close()
 
-    def work(data: bytes, classes: Any, method: str, preset: str | None, background: bool | None, fmt: str,
-             deadline: float):
+    async def read_request(request: Request, held: list[int], deadline: float, batch: bool) -> _Parsed:
+        ctype = request.headers.get("content-type", "").lower()
+        field = "'image' files" if batch else "an 'image' file"
+        if ctype.startswith("multipart/form-data"):
+            limit, json_body = hard, False
+        elif ctype.startswith("application/json"):
+            limit, json_body = hard_json, True
+        else:
+            raise _HTTPError(415, f"send multipart/form-data with {field} and 'classes', or application/json "
+                                  f"with the image{'s' if batch else ''} in base64; got content type "
+                                  f"{ctype or '(none)'!r}")
+        what = "per batch (all its images together)" if batch else "per image"
+        too_big = f"upload too large: the limit is {max_upload_mb:g} MiB ({max_bytes:,} bytes) {what}"
+        body = await read_body(request, max(0.001, min(body_timeout, deadline - time.monotonic())), held, limit,
+                               too_big)
+        if json_body:
+            return parse_json_body(body, batch, max_bytes, max_batch)
+        return await parse_multipart(request, body, batch)
+
+    def checked(p: _Parsed):
+        """(ClassSpec, groups, method, preset) of a parsed request, or 422/503 before any work."""
+        groups = p.groups if p.groups is not None else [g for t in p.texts for g in split_class_string(t)]
+        check_class_limits(groups, max_classes, max_class_chars)
+        try:
+            spec = parse_classes(groups, background=p.background)
+            method, preset = models.check(p.method, p.preset)
+        except (ValueError, KeyError) as e:
+            raise _HTTPError(422, e.args[0] if e.args else str(e)) from None
+        why = models.missing(method, preset)
+        if why:  # never load (or download) weights inside a request: say how to get them
+            raise _HTTPError(503, why)
+        return spec, [list(g) for g in spec.synonyms], method, preset
+
+    def work(data: bytes, spec: Any, groups: list[list[str]], method: str, preset: str | None,
+             p: _Parsed, deadline: float, extra: dict[str, Any] | None = None) -> bytes:
         from PIL import Image
 
         t0 = time.perf_counter()
@@ -664,77 +850,125 @@ def create_app(backbone: str = "clip-vit-b16", weights: str | os.PathLike | None
             with warnings.catch_warnings():
                 # one warning per truncated prompt: 300 long names would write 24,000 to the log
                 warnings.filterwarnings("ignore", message="prompt .* more than the context length")
-                result = models.segment(rgb, classes, method, preset, background=background, keep_image=False,
+                result = models.segment(rgb, spec, method, preset, background=p.background, keep_image=False,
                                         deadline=deadline)
+        except WeightsMissing as e:
+            raise _HTTPError(503, str(e)) from None
         except ValueError as e:  # e.g. an image thinner than one patch after resizing
             raise _HTTPError(422, f"this image cannot be segmented: {e}") from None
-        out = result.to_dict()
-        if fmt == "png":
-            out["label_map"] = {"format": "png", "encoding": "base64",
-                                "data": base64.b64encode(index_png_bytes(result.labels, result.palette)).decode()}
-        else:
-            out["label_map"] = rle_encode(result.labels)
+        out = dict(extra or {})
+        out.update(answer_dict(result, p.fmt, p.counts, p.scores, groups))
         out["elapsed_s"] = round(time.perf_counter() - t0, 4)
         from ..data.io import _json_default
 
         return json.dumps(out, default=_json_default, allow_nan=False).encode()
 
-    @app.post("/segment")
+    def failure(e: BaseException) -> tuple[int, str, dict[str, str]]:
+        if isinstance(e, _HTTPError):
+            return e.status, e.detail, e.headers
+        if isinstance(e, ImageError):
+            return 415, str(e), {}
+        return 500, "internal server error (the server log has the details)", {}
+
+    seg_doc = ("One image and a class list, as a multipart form (`image` file) or as JSON (`image` in "
+               "base64). Answers the label map (index PNG or runs), or a COCO RLE mask per class, and "
+               "optionally each class's score map; `class_names` and `background_added` say which class "
+               "list was used. " + limits_text(limits))
+
+    @app.post("/segment", summary="Segment one image", description=seg_doc, response_model=docs.SegmentResult,
+              responses=api_docs.error_responses(408, 413, 415, 422, 500, 503),
+              openapi_extra={"requestBody": api_docs.request_bodies(models.methods, presets, limits)})
     async def segment(request: Request):
-        """multipart/form-data: image (file), classes, [method], [preset], [background], [format=png|rle]."""
         deadline = time.monotonic() + request_timeout
         held = [0]  # body bytes taken from the budget
         try:
-            ctype = request.headers.get("content-type", "")
-            if not ctype.lower().startswith("multipart/form-data"):
-                raise _HTTPError(415, f"send multipart/form-data with an 'image' file and 'classes'; got "
-                                      f"content type {ctype or '(none)'!r}")
-            body = await read_body(request, min(body_timeout, request_timeout), held)
-            form = await parse_form(request, body)
-            del body
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise _HTTPError(422, "missing file field 'image' (send it as a file: -F image=@photo.jpg)")
-            data = await upload.read()
-            await form.close()
-            if len(data) > max_bytes:
-                raise _HTTPError(413, f"upload too large: {len(data):,} bytes; the limit is {max_upload_mb:g} MiB "
-                                      f"({max_bytes:,} bytes) per image")
-            texts = form.getlist("classes")
-            if not texts:
-                raise _HTTPError(422, "missing field 'classes': give class names separated by commas, "
-                                      "synonyms by '|', e.g. classes=\"cat, sofa|couch\"")
-            if not all(isinstance(t, str) for t in texts):
-                raise _HTTPError(422, "field 'classes' must be text, not a file")
-            fmt = (text_field(form, "format") or "png").strip().lower()
-            if fmt not in LABEL_FORMATS:
-                raise _HTTPError(422, f"unknown format {fmt!r}; choose png or rle")
-            background = _parse_bool(text_field(form, "background"), "background")
-            groups = [g for t in texts for g in split_class_string(t)]
-            check_class_limits(groups, max_classes, max_class_chars)
-            try:
-                spec = parse_classes(groups, background=background)
-                method, preset = models.check(text_field(form, "method"), text_field(form, "preset"))
-            except (ValueError, KeyError) as e:
-                raise _HTTPError(422, e.args[0] if e.args else str(e)) from None
+            p = await read_request(request, held, deadline, batch=False)
+            spec, groups, method, preset = checked(p)
+            data = p.images[0][1]
             _probe_image(data, max_pixels).close()
             # Only now, with the whole request read and checked, does it take a slot.
             if not pool.try_admit():
                 raise busy(f"the server is busy ({pool.capacity} requests admitted)")
             try:
-                payload = await pool.run_admitted(work, data, spec, method, preset, background, fmt, deadline,
+                payload = await pool.run_admitted(work, data, spec, groups, method, preset, p, deadline,
                                                   timeout=max(deadline - time.monotonic(), 0.001))
             except (asyncio.TimeoutError, TimeoutError):
                 raise busy(f"the request did not finish within {request_timeout:g} s") from None
             return Response(payload, media_type="application/json")
-        except _HTTPError as e:
-            return error(e.status, e.detail, e.headers)
-        except ImageError as e:
-            return error(415, str(e))
+        except (_HTTPError, ImageError) as e:
+            return error(*failure(e))
         except ClientDisconnect:  # nobody to answer; the status is for the access log only
             return error(400, "the client disconnected before sending the whole request")
         finally:
             budget.give(held[0])
+
+    batch_doc = ("Several images and one class list (multipart: repeat `image`; JSON: `images`, base64). "
+                 "Answers NDJSON (application/x-ndjson), one line per image as it finishes: `index`, "
+                 "`filename`, `status` and, with status 200, the fields of the /segment answer, else "
+                 f"`detail`. At most {max_batch} images, together within {max_upload_mb:g} MiB; the batch "
+                 "holds one slot, each image has the request timeout from when its job is queued.")
+
+    @app.post("/segment/batch", summary="Segment several images, streaming one JSON line per image",
+              description=batch_doc,
+              responses={200: {"description": "one JSON object per line (application/x-ndjson), per image",
+                               "content": {"application/x-ndjson": {
+                                   "schema": docs.BatchLine.model_json_schema()}}},
+                         **api_docs.error_responses(408, 413, 415, 422, 500, 503)},
+              openapi_extra={"requestBody": api_docs.request_bodies(models.methods, presets, limits, batch=True)})
+    async def segment_batch(request: Request):
+        held = [0]
+        handed_over = False
+        try:
+            p = await read_request(request, held, time.monotonic() + request_timeout, batch=True)
+            spec, groups, method, preset = checked(p)
+            if not pool.try_admit():
+                raise busy(f"the server is busy ({pool.capacity} requests admitted)")
+            taken = held[0]
+            handed_over = True
+
+            async def lines():
+                pending = None
+                try:
+                    for i, (name, data) in enumerate(p.images):
+                        extra = {"index": i, "filename": name, "status": 200}
+                        try:
+                            _probe_image(data, max_pixels).close()
+                            deadline = time.monotonic() + request_timeout
+                            pending = pool.submit(work, data, spec, groups, method, preset, p, deadline, extra)
+                            waiter = asyncio.wrap_future(pending)
+                            try:
+                                line = await asyncio.wait_for(asyncio.shield(waiter), request_timeout)
+                            except (asyncio.TimeoutError, TimeoutError):
+                                pending.cancel()
+                                raise _HTTPError(503, f"this image did not finish within {request_timeout:g} s")
+                            pending = None
+                        except asyncio.CancelledError:
+                            raise
+                        except Exception as e:
+                            if isinstance(e, RequestExpired):
+                                e = _HTTPError(503, f"this image did not finish within {request_timeout:g} s")
+                            elif not isinstance(e, (_HTTPError, ImageError)):
+                                log.exception("batch image %d failed", i)
+                            status, detail, _ = failure(e)
+                            line = json.dumps({"index": i, "filename": name, "status": status,
+                                               "detail": detail}).encode()
+                        yield line + b"\n"
+                finally:
+                    p.images = []
+                    budget.give(taken)
+                    if pending is not None and not pending.done():  # the client left mid-job
+                        pending.add_done_callback(lambda _: pool.release())
+                    else:
+                        pool.release()
+
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
+        except (_HTTPError, ImageError) as e:
+            return error(*failure(e))
+        except ClientDisconnect:
+            return error(400, "the client disconnected before sending the whole request")
+        finally:
+            if not handed_over:
+                budget.give(held[0])
 
     return app
 
@@ -744,7 +978,7 @@ def limits_text(limits: dict[str, Any]) -> str:
             f"({', '.join(limits['image_formats'])}); up to {limits['max_classes']:,} class names of "
             f"{limits['max_class_chars']:,} characters; bodies within {limits['body_timeout_s']:g} s, "
             f"answers within {limits['request_timeout_s']:g} s; {limits['workers']} worker(s), up to "
-            f"{limits['max_queue']} waiting requests (then 503).")
+            f"{limits['max_queue']} waiting requests (then 503); batches of up to {limits['max_batch']} images.")
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -752,9 +986,11 @@ def limits_text(limits: dict[str, Any]) -> str:
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """`ovss serve`; imports nothing heavy until the command runs."""
-    s = subparsers.add_parser("serve", help="HTTP API: POST /segment, GET /methods, GET /health (ovss[serve])",
+    s = subparsers.add_parser("serve", help="HTTP API: POST /segment, /segment/batch, GET /methods, /health, /docs "
+                                            "(ovss[serve])",
                               description="A small HTTP API over the segmenters (FastAPI + uvicorn): "
-                                          "POST /segment, GET /methods, GET /health. Needs ovss[serve].")
+                                          "POST /segment, POST /segment/batch, GET /methods, GET /health; "
+                                          "/docs describes and tries them (served locally). Needs ovss[serve].")
     s.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes the API, which has no auth)")
     s.add_argument("--port", type=int, default=8000)
@@ -777,6 +1013,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--max-class-chars", type=int, default=DEFAULT_MAX_CLASS_CHARS,
                    help=f"longest class name in characters (default {DEFAULT_MAX_CLASS_CHARS}); "
                         "longer gets 422")
+    s.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"most images per /segment/batch request (default {DEFAULT_MAX_BATCH}); more gets 422")
     s.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT, metavar="S",
                    help="seconds a client has to send a whole request body (default "
                         f"{DEFAULT_BODY_TIMEOUT:g}); slower gets 408")
@@ -804,10 +1042,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      max_queue=args.max_queue, workers=args.workers, max_upload_mb=args.max_upload_mb,
                      max_pixels=args.max_pixels, tokenizer=args.tokenizer, cache_dir=args.cache_dir,
                      max_classes=args.max_classes, max_class_chars=args.max_class_chars,
-                     body_timeout=args.body_timeout, request_timeout=args.request_timeout)
+                     body_timeout=args.body_timeout, request_timeout=args.request_timeout,
+                     max_batch=args.max_batch)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: the API has no authentication", flush=True)
-    print(f"ovss serve: http://{args.host}:{args.port}  (POST /segment, GET /methods, GET /health; "
+    print(f"ovss serve: http://{args.host}:{args.port}  (POST /segment, /segment/batch, GET /methods, /health; "
+          f"docs at /docs; "
           f"{limits_text(app.state.limits)})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

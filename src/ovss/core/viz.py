@@ -1,13 +1,16 @@
 """Colours, overlays and legends for label maps.
 
-Free-text vocabularies have no fixed colour table, so colours are assigned by class index from the
-PASCAL VOC colour map (familiar, well separated for small counts) and extended deterministically beyond
-it. Text uses PIL's built-in default font only, so rendering never depends on system fonts.
+Free-text vocabularies have no fixed colour table, so a class's colour comes from its **name**
+(`palette_for`): the same class keeps its colour across methods, runs and class lists, and a
+"background" class (given, or added by a method's probability threshold) is always black without
+moving anyone else's colour. The PASCAL VOC colour map by index stays available (`base="voc"`).
+Text uses PIL's built-in default font only, so rendering never depends on system fonts.
 """
 
 from __future__ import annotations
 
 import colorsys
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,10 +19,30 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..data.io import read_image
 
-__all__ = ["VOC_PALETTE", "legend", "named_palette", "overlay", "overlay_with_legend", "palette_for"]
+__all__ = ["BACKGROUND_COLOUR", "NAME_COLOURS", "VOC_PALETTE", "colour_key", "legend", "named_palette", "overlay",
+           "overlay_with_legend", "palette_for"]
 
 _GOLDEN = 0.618033988749895
 BOUNDARY_COLOUR = (245, 245, 245)
+BACKGROUND_COLOUR = (0, 0, 0)  # a class named "background": black, as in PASCAL VOC
+
+# 64 well-separated colours for classes by name: picked greedily farthest-apart in CIELAB (each
+# new colour the farthest from all earlier ones and from black, grey and the boundary white) from
+# an RGB grid of step 15, lightness 30-90, chroma >= 20. Any two are at least 22.9 Delta-E apart.
+# Kept as numbers (not recomputed) so they never change between machines or numpy versions.
+NAME_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 30, 180), (255, 210, 0), (0, 105, 225), (15, 120, 0),
+    (0, 255, 210), (150, 30, 45), (135, 105, 0), (240, 165, 240), (0, 195, 255), (195, 225, 135),
+    (225, 0, 255), (120, 30, 120), (255, 165, 135), (255, 135, 0), (165, 225, 15), (0, 225, 105),
+    (255, 0, 105), (15, 150, 120), (0, 75, 120), (90, 30, 195), (210, 105, 240), (120, 225, 225),
+    (195, 105, 135), (75, 90, 45), (180, 60, 0), (135, 150, 225), (150, 165, 15), (240, 195, 105),
+    (105, 60, 30), (180, 0, 105), (0, 90, 90), (255, 105, 105), (105, 60, 90), (180, 165, 120),
+    (75, 195, 120), (240, 180, 195), (180, 210, 255), (75, 180, 15), (255, 105, 180), (150, 0, 165),
+    (90, 75, 150), (60, 135, 165), (120, 150, 75), (225, 0, 45), (210, 150, 0), (0, 90, 255),
+    (180, 105, 60), (120, 75, 195), (150, 210, 165), (150, 45, 255), (150, 240, 120), (0, 90, 30),
+    (180, 135, 240), (195, 90, 180), (225, 225, 75), (225, 30, 210), (240, 150, 75), (255, 210, 180),
+    (105, 240, 60), (150, 120, 165), (255, 90, 45),
+)
 
 
 def _voc_colormap(n: int = 256) -> np.ndarray:
@@ -66,23 +89,62 @@ def _golden_colours(n: int, used: set[tuple[int, int, int]]) -> list[tuple[int, 
     return out
 
 
-def palette_for(class_names: Sequence[str], base: str = "voc") -> np.ndarray:
-    """A deterministic (C, 3) uint8 palette for ``len(class_names)`` classes (colours depend only on
-    the class index, so the same vocabulary always gets the same colours).
+def colour_key(name: str) -> str:
+    """What a class's colour depends on: its name, case and spacing ignored."""
+    return " ".join(str(name).lower().split())
 
-    ``base='voc'``: class ``i`` gets ``VOC_PALETTE[i + 1]`` -- shifted by one because VOC index 0 is
-    black, which would make class 0 invisible on dark images and look like "background". Classes beyond
-    the 255 usable VOC colours continue with golden-ratio HSV colours distinct from all earlier ones.
-    ``base='hsv'``: golden-ratio HSV colours for every class.
+
+def _name_slot(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") % len(NAME_COLOURS)
+
+
+def _palette_by_name(class_names: Sequence[str]) -> np.ndarray:
+    n = len(class_names)
+    out = np.zeros((n, 3), np.uint8)
+    taken: set[int] = set()
+    overflow: list[int] = []
+    for i, name in enumerate(class_names):
+        key = colour_key(name)
+        if key == "background":
+            out[i] = BACKGROUND_COLOUR
+            continue
+        slot = _name_slot(key)
+        if len(taken) >= len(NAME_COLOURS):
+            overflow.append(i)
+            continue
+        while slot in taken:  # two names of one list on one colour: the later takes the next free one
+            slot = (slot + 1) % len(NAME_COLOURS)
+        taken.add(slot)
+        out[i] = NAME_COLOURS[slot]
+    if overflow:  # more than 64 named classes: the rest get golden-ratio colours unlike all of these
+        used = {tuple(c) for c in NAME_COLOURS} | {BACKGROUND_COLOUR, BOUNDARY_COLOUR}
+        out[overflow] = np.array(_golden_colours(len(overflow), used), np.uint8).reshape(-1, 3)
+    return out
+
+
+def palette_for(class_names: Sequence[str], base: str = "name") -> np.ndarray:
+    """A deterministic (C, 3) uint8 palette for ``class_names``.
+
+    ``base='name'`` (the default): a class's colour comes from its name (`colour_key`, hashed to
+    one of the 64 `NAME_COLOURS`), so "water" has one colour in every method's result, whatever its
+    position in the list and whether a method added a "background" class in front of it. A class
+    named "background" is black (`BACKGROUND_COLOUR`) and takes no name colour. When two names of
+    one list hash to the same colour the later one takes the next free colour, and classes beyond
+    64 get golden-ratio colours distinct from all of these, so colours within a list never repeat.
+    ``base='voc'``: by index, class ``i`` gets ``VOC_PALETTE[i + 1]`` (shifted by one: VOC index 0 is
+    black), continued by golden-ratio HSV colours past the 255 usable VOC colours.
+    ``base='hsv'``: golden-ratio HSV colours by index for every class.
     """
     n = len(class_names)
     base = base.lower()
+    if base == "name":
+        return _palette_by_name(class_names)
     if base == "voc":
         head = VOC_PALETTE[1 : 1 + min(n, 255)]
     elif base == "hsv":
         head = VOC_PALETTE[:0]
     else:
-        raise ValueError(f"unknown palette base {base!r}; available: 'voc', 'hsv'")
+        raise ValueError(f"unknown palette base {base!r}; available: 'name', 'voc', 'hsv'")
     used = {tuple(int(v) for v in c) for c in head} | {(0, 0, 0)}
     tail = np.array(_golden_colours(n - len(head), used), np.uint8).reshape(-1, 3)
     return np.concatenate([np.array(head, np.uint8), tail]).reshape(n, 3)
