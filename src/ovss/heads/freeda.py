@@ -9,7 +9,9 @@ window needs its own superpixels, DINO pass and CLIP image embedding.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -118,7 +120,8 @@ def superpixel_labels(rgb: torch.Tensor, scale: float, sigma: float, min_size: i
 class FreeDAHead(HeadPlugin):
     """FreeDA's scores over the windows of an image (see the module docstring).
 
-    bank: the prototype bank (`data.bank.load_bank`: ovss's layout or the released one);
+    bank: the prototype bank (`data.bank.load_bank`: ovss's layout or the released one); empty:
+    the OVSS_FREEDA_BANK environment variable (so `ovss eval --preset ...` keeps the preset);
     vfm: DINO model (zoo name, file or `register_vfm` name); dino_size: its square input;
     k_search: prototypes retrieved per class (their mean is the class prototype); scale, sigma,
     min_size: Felzenszwalb; ensemble: weight of the DINO scores against CLIP's global term;
@@ -150,13 +153,15 @@ class FreeDAHead(HeadPlugin):
         bank and vocabulary, as the reference builds them once per dataset)."""
         from ..data.bank import load_bank
 
-        if not self.bank:
-            raise ValueError("freeda needs a prototype bank: --set plugins=freeda:bank=PATH "
-                             "(or Segmenter('freeda', bank=PATH)); make one with `ovss build-bank`")
+        path = self.bank or os.environ.get("OVSS_FREEDA_BANK", "")
+        if not path:
+            raise ValueError("freeda needs a prototype bank: Segmenter('freeda', bank=PATH), --set "
+                             "plugins=freeda:bank=PATH or OVSS_FREEDA_BANK=PATH (keeps the preset's other "
+                             "settings); make one with `ovss build-bank`")
         q = queries.detach().float().cpu().contiguous()
-        key = (self.bank, self.k_search, self.knn, self.ef_search, hashlib.sha1(q.numpy().tobytes()).hexdigest())
+        key = (path, self.k_search, self.knn, self.ef_search, hashlib.sha1(q.numpy().tobytes()).hexdigest())
         if key not in _PROTOS:
-            bank = load_bank(self.bank)
+            bank = load_bank(path)
             if bank.keys is not None and bank.keys.shape[1] != q.shape[1]:
                 raise ValueError(f"the bank's keys are {bank.keys.shape[1]}-d but the text embeddings "
                                  f"{q.shape[1]}-d: build the bank with this CLIP")
@@ -191,3 +196,15 @@ class FreeDAHead(HeadPlugin):
             canvas[:, y1:y2, x1:x2] += out["scores"]
             count[:, y1:y2, x1:x2] += 1
         return canvas / count
+
+
+def with_bank(recipe, bank: str | os.PathLike, method: str = "this method"):
+    """The recipe with every FreeDA head's `bank` replaced by `bank` (`Segmenter(bank=...)`)."""
+    plugins, found = [], False
+    for p in recipe.plugins:
+        if isinstance(p, FreeDAHead):
+            p, found = dataclasses.replace(p, bank=os.fspath(bank)), True
+        plugins.append(p)
+    if not found:
+        raise ValueError(f"{method} uses no prototype bank (bank= works with freeda)")
+    return dataclasses.replace(recipe, plugins=tuple(plugins))
