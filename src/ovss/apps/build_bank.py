@@ -38,7 +38,7 @@ def dino_pooler(vfm: str, size: int, device: str = "cpu"):
 
     @torch.no_grad()
     def features(image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(device)
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().to(device)
         x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False) / 255
         return dino_features(model, (x - mean) / std, kind="tokens")[0]
 
