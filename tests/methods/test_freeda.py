@@ -146,3 +146,17 @@ def test_freeda_without_a_bank_says_how_to_give_one():
                     overrides={"plugins": "freeda:vfm=none,k_search=1"})
     with pytest.raises(ValueError, match="bank"):
         seg(np.zeros((32, 32, 3), np.uint8), ["a", "b"])
+
+
+@pytest.mark.parametrize("params", [(100, 0.7, 20), (100, 1.0, 20), (100, 1.0, 100), (20, 0.5, 50)],
+                         ids=["voc20", "context59", "coco-stuff", "cityscapes"])
+def test_felzenszwalb_port_equals_skimage_on_scenes(params):
+    """The numpy port against scikit-image (when installed) with each preset's parameters."""
+    sk = pytest.importorskip("skimage.segmentation")
+    from ovss.data.synthetic import make_scene
+
+    scale, sigma, min_size = params
+    for seed in range(3):
+        img = make_scene(seed, size=80).image.astype(np.float32) / np.float32(255)
+        ref = sk.felzenszwalb(img, scale=scale, sigma=sigma, min_size=min_size, channel_axis=-1)
+        assert np.array_equal(felzenszwalb_numpy(img, scale, sigma, min_size), ref), (params, seed)

@@ -59,7 +59,10 @@ def region_scores(feats: torch.Tensor, labels: torch.Tensor, protos: torch.Tenso
         onehot = (labels[None] == torch.arange(s, min(s + 64, m), device=labels.device)[:, None, None]).float()
         rows.append(F.interpolate(onehot[:, None], (h, w), mode="bilinear", align_corners=True)[:, 0])
     pi = torch.cat(rows)  # (M, h, w)
-    pooled = (pi[:, None] * feats[None]).sum(dim=(2, 3)) / (pi.sum(dim=(1, 2))[:, None] + torch.finfo(torch.float32).eps)
+    # the reference's broadcast product and sum, in chunks of masks: (M, C, h, w) at once is
+    # gigabytes for ViT-L (600 superpixels x 1024 x 37 x 37); per row the same reduction
+    sums = torch.cat([(pi[s:s + 16, None] * feats[None]).sum(dim=(2, 3)) for s in range(0, m, 16)])
+    pooled = sums / (pi.sum(dim=(1, 2))[:, None] + torch.finfo(torch.float32).eps)
     pooled = pooled / pooled.norm(dim=-1, keepdim=True)
     valid = ~pooled.isnan().any(-1)
     sim = torch.einsum("bc,nkc->bnk", pooled, protos / protos.norm(dim=-1, keepdim=True))
