@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).parent
 STEP = 4
-SP = dict(scale=100, sigma=0.7, min_size=20)
+SP = {"scale": 100, "sigma": 0.7, "min_size": 20}
 K_SEARCH = 5
 
 
@@ -245,7 +245,7 @@ def main() -> None:
         count = torch.zeros(1, 1, H, W)
         for wi, (y1, y2, x1, x2) in enumerate(window_boxes(H, W, 448, 224)):
             crop = x[:, [2, 1, 0], y1:y2, x1:x2]  # mmseg hands BGR; generate_masks flips it
-            mask, _, dino_masks = ref.generate_masks(crop, [{"ori_filename": "x.png"}], text_emb, proto_emb,
+            mask, _, _ = ref.generate_masks(crop, [{"ori_filename": "x.png"}], text_emb, proto_emb,
                                                      ["a", "b", "c", "d"])
             labels = sup_mod.SuperpixelExtractor({"algorithm": "felzenszwalb", **SP})(crop[:, [2, 1, 0]])[3][0]
             m = int(labels.max()) + 1

@@ -60,7 +60,7 @@ def run(tmp_path_factory):
 
 
 def test_retrieved_prototypes_match_the_reference(run):
-    g, seg, *_ , t = run
+    g, *_, t = run
     protos = t["freeda.prototypes"][0]
     assert torch.allclose(protos, g["ref.proto_emb"], atol=1e-6)
     assert torch.allclose(F.normalize(g["text_raw"], dim=-1), g["ref.text_emb"], atol=1e-6)

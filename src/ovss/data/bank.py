@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ BANK_FORMAT = "ovss-freeda-bank"
 
 def _faiss():
     try:
-        import faiss  # noqa: F401
+        import faiss
     except ImportError:
         return None
     return faiss

@@ -64,26 +64,13 @@ def gaussian_smooth(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _find(parent: list[int], n: int) -> int:
-    root = n
-    while parent[root] < root:
-        root = parent[root]
-    return root
-
-
-def _join(parent: list[int], n: int, m: int) -> None:
-    """skimage.measure._ccomp.join_trees: the root is the smaller one; both paths point to it."""
-    if n == m:
-        return
-    root = _find(parent, n)
-    root_m = _find(parent, m)
-    if root > root_m:
-        root = root_m
-    for x in (n, m):
-        while parent[x] < x:
-            j = parent[x]
-            parent[x] = root
-            x = j
-        parent[x] = root
+    """The root of n's tree, halving the path on the way (the root is always the smallest index
+    of the segment, as skimage's `join_trees` keeps it, so the partition and the root do not
+    depend on how the trees are shaped)."""
+    while parent[n] != n:
+        parent[n] = parent[parent[n]]
+        n = parent[n]
+    return n
 
 
 def felzenszwalb_numpy(image: np.ndarray, scale: float = 1.0, sigma: float = 0.8,
@@ -118,22 +105,23 @@ def felzenszwalb_numpy(image: np.ndarray, scale: float = 1.0, sigma: float = 0.8
     parent = list(range(h * w))
     size = [1] * (h * w)
     cint = [0.0] * (h * w)
+    find = _find
     for a, b, c in zip(e0, e1, cs):
-        s0, s1 = _find(parent, a), _find(parent, b)
+        s0, s1 = find(parent, a), find(parent, b)
         if s0 == s1:
             continue
         if c < min(cint[s0] + scale / size[s0], cint[s1] + scale / size[s1]):
-            _join(parent, s0, s1)
-            new = _find(parent, s0)
+            new, old = (s0, s1) if s0 < s1 else (s1, s0)  # join_trees: the smaller root stays
+            parent[old] = new
             size[new] = size[s0] + size[s1]
             cint[new] = c
     for a, b in zip(e0, e1):
-        s0, s1 = _find(parent, a), _find(parent, b)
+        s0, s1 = find(parent, a), find(parent, b)
         if s0 == s1:
             continue
         if size[s0] < min_size or size[s1] < min_size:
-            _join(parent, s0, s1)
-            new = _find(parent, s0)
+            new, old = (s0, s1) if s0 < s1 else (s1, s0)
+            parent[old] = new
             size[new] = size[s0] + size[s1]
     flat = np.asarray(parent, dtype=np.intp)
     old = np.zeros_like(flat)
