@@ -13,6 +13,9 @@ steps, so the labels agree (tests/test_freeda.py compares both on test images):
 4. a second pass over the sorted edges joining any component smaller than `min_size`;
 5. labels numbered by the smallest pixel index in each segment (np.unique of the roots).
 
+The port is pure Python in its two passes over the edges (about 2 s for a 448 x 448 crop, against
+0.4 s for scikit-image's Cython); install the extra for speed, the labels are the same.
+
 Why a port and not an approximation: the superpixels decide which pixels share one region
 score, so a different partition changes the label map, not just its numbers.
 """
