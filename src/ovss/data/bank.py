@@ -146,15 +146,18 @@ def save_bank(path: str | os.PathLike, keys: torch.Tensor, prototypes: torch.Ten
     return path
 
 
-_BANKS: dict[str, PrototypeBank] = {}
+_BANKS: dict[tuple[str, int], PrototypeBank] = {}
 
 
 def load_bank(path: str | os.PathLike, cache: bool = True) -> PrototypeBank:
-    """Read a bank in either layout (see the module docstring); loaded once per path."""
-    key = os.path.abspath(os.fspath(path))
+    """Read a bank in either layout (see the module docstring); loaded once per path and
+    modification time (a bank rebuilt in place is read again)."""
+    p = Path(path)
+    stamp = max((f.stat().st_mtime_ns for f in (p / "bank.safetensors", p / "knn.index", p / "faiss_index" / "knn.index", p)
+                 if f.exists()), default=0)
+    key = (os.path.abspath(os.fspath(path)), stamp)
     if cache and key in _BANKS:
         return _BANKS[key]
-    p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no prototype bank at {p} (make one with `ovss build-bank`)")
     faiss = _faiss()

@@ -93,7 +93,9 @@ def _preset(name: str) -> Preset:
     }
     return Preset(overrides={k: v for k, (v, _) in values.items()},
                   sources={k: s for k, (_, s) in values.items()},
-                  note="Needs a prototype bank: --set plugins=freeda:bank=PATH,... or Segmenter(..., bank=PATH).")
+                  note="Needs a prototype bank (Segmenter(..., bank=PATH), OVSS_FREEDA_BANK=PATH or --set "
+                       "plugins=freeda:bank=PATH,...) and FreeDA's CLIP: backbone clip-vit-l14 "
+                       "(freeda_<ds>.yml:5-6 clip_model ViT-L-14, openai).")
 
 
 register_method(MethodSpec(
