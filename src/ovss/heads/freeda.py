@@ -29,7 +29,7 @@ from .vfm import IMAGENET_MEAN, IMAGENET_STD, get_vfm
 OPENAI_01_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_01_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_PROTOS: dict[tuple, torch.Tensor] = {}  # (bank, k, knn, queries digest) -> (Q, 1, Dv)
+_PROTOS: dict[tuple, torch.Tensor] = {}  # (loaded bank, k, knn, efSearch, queries digest) -> (Q, 1, Dv)
 
 
 def _norm(t: torch.Tensor, dim: int, eps: float = 1e-6) -> torch.Tensor:
@@ -162,9 +162,9 @@ class FreeDAHead(HeadPlugin):
                              "plugins=freeda:bank=PATH or OVSS_FREEDA_BANK=PATH (keeps the preset's other "
                              "settings); make one with `ovss build-bank`")
         q = queries.detach().float().cpu().contiguous()
-        key = (path, self.k_search, self.knn, self.ef_search, hashlib.sha1(q.numpy().tobytes()).hexdigest())
+        bank = load_bank(path)  # cached per path and modification time
+        key = (id(bank), self.k_search, self.knn, self.ef_search, hashlib.sha1(q.numpy().tobytes()).hexdigest())
         if key not in _PROTOS:
-            bank = load_bank(path)
             if bank.keys is not None and bank.keys.shape[1] != q.shape[1]:
                 raise ValueError(f"the bank's keys are {bank.keys.shape[1]}-d but the text embeddings "
                                  f"{q.shape[1]}-d: build the bank with this CLIP")
