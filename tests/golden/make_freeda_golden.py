@@ -139,14 +139,14 @@ def stub_and_load(root: Path):
     return freeda, masker, sup
 
 
-def small_dino(seed: int = 0):
+def small_dino(seed: int = 0, width: int = 32, heads: int = 2):
     """A seeded random DINOv2-layout tower (ovss), weights perturbed so LayerNorms/LayerScales matter."""
     from ovss.backbones.configs import VisionCfg
     from ovss.backbones.dino_pretrained import _DINO
     from ovss.backbones.vit import VisionTransformer
 
     torch.manual_seed(seed)
-    cfg = VisionCfg(width=32, layers=2, heads=2, patch_size=14, image_size=518, layer_scale=True, **_DINO)
+    cfg = VisionCfg(width=width, layers=2, heads=heads, patch_size=14, image_size=518, layer_scale=True, **_DINO)
     m = VisionTransformer(cfg).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -171,6 +171,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--freeda", type=Path, required=True, help="aimagelab/freeda checkout's src/")
     ap.add_argument("--out", type=Path, default=HERE / "freeda_small.safetensors")
+    ap.add_argument("--check-width", type=int, default=0,
+                    help="store nothing: a DINO of this width (64-d heads; 1024 = ViT-L's) and as wide "
+                         "prototypes, run through the reference and ovss; print the differences")
     args = ap.parse_args()
     import faiss
     from safetensors.torch import save_file
@@ -181,13 +184,14 @@ def main() -> None:
     freeda_mod, masker_mod, sup_mod = stub_and_load(args.freeda.resolve())
     seg = ovss.load("freeda", backbone="tiny-synthetic", device="cpu")
     clip_visual = seg.visual.eval()
-    dino = small_dino()
+    width = args.check_width or 32
+    dino = small_dino(width=width, heads=max(width // 64, 2))
     g = torch.Generator().manual_seed(3)
     d_text = seg.clip.model.cfg.text.output_dim
     text_raw = torch.randn(4, d_text, generator=g)
     keys = F.normalize(torch.randn(40, d_text, generator=g), dim=-1)
     keys[:8] = F.normalize(text_raw[[0, 0, 1, 1, 2, 2, 3, 3]] + 0.3 * torch.randn(8, d_text, generator=g), dim=-1)
-    protos = torch.randn(40, 32, generator=g)
+    protos = torch.randn(40, width, generator=g)
 
     tmp = Path(tempfile.mkdtemp())
     (tmp / "prototype_embeddings").mkdir()
@@ -263,9 +267,35 @@ def main() -> None:
         "ref.text_emb": text_emb, "ref.proto_emb": proto_emb.float(),
         "ref.scores": scores[0, :, ::STEP, ::STEP].contiguous(), "ref.label_map": scores[0].argmax(0).to(torch.uint8),
     })
+    if args.check_width:
+        check(out, dino, scores, tmp)
+        return
     out.update({f"dino.{k}": v.detach().contiguous() for k, v in dino.state_dict().items()})
     save_file(out, str(args.out))
     print("saved", args.out, {k: tuple(v.shape) for k, v in out.items() if not k.startswith("dino.")})
+
+
+def check(out: dict, dino, scores: torch.Tensor, tmp: Path) -> None:
+    """ovss on the same inputs (its own bank layout, exact torch kNN); print the differences."""
+    import ovss
+    from ovss.data.bank import save_bank
+    from ovss.heads.vfm import register_vfm
+
+    register_vfm("freeda-check-dino", dino)
+    bank = save_bank(tmp / "ovss_bank", out["bank.keys"], out["bank.prototypes"], write_index=False)
+    plug = (f"freeda:bank={bank},vfm=freeda-check-dino,dino_size=518,k_search={K_SEARCH},scale={float(SP['scale'])},"
+            f"sigma={SP['sigma']},min_size={SP['min_size']},ensemble=0.8,knn=torch")
+    seg = ovss.load("freeda", backbone="tiny-synthetic", device="cpu",
+                    overrides={"plugins": plug, "protocol.short_side": 448, "protocol.crop": 448, "protocol.stride": 224})
+    with seg.trace() as t, torch.no_grad():
+        ours = seg.stitched_logits(seg.preprocess(scene()), F.normalize(out["text_raw"], dim=-1))
+    for w in range(2):
+        o, r = t["freeda.region"][w], out[f"ref.region.{w}"]
+        ok = ~o.isnan().any(1)
+        print(f"window {w}: region max abs diff {(o[ok] - r[ok]).abs().max().item():.3g} ({int(ok.sum())} regions), "
+              f"scores {(t['freeda.scores'][w][:, ::STEP, ::STEP] - out[f'ref.scores.{w}']).abs().max().item():.3g}")
+    print(f"stitched max abs diff {(ours - scores[0]).abs().max().item():.3g}; label maps equal: "
+          f"{bool(torch.equal(ours.argmax(0), scores[0].argmax(0)))}")
 
 
 if __name__ == "__main__":
