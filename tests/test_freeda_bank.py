@@ -65,6 +65,8 @@ def test_build_bank_writes_one_entry_per_class_region_and_resumes(bank):
     again = load_bank(out, cache=False)
     assert np.array_equal(again.keys.numpy(), first.keys.numpy())
     assert np.allclose(again.prototypes.numpy(), first.prototypes.numpy(), atol=1e-6)
+    # parts made with other settings are not mixed in: an error naming the folder
+    assert main([*args, "--dino-size", "112"]) != 0
 
 
 def test_freeda_with_a_built_bank_beats_chance_on_held_out_scenes(bank):

@@ -211,7 +211,8 @@ def build_bank(folder: str | os.PathLike, out: str | os.PathLike, text_keys: Cal
     image's dense features (`dino_features`: HxWx3 uint8 -> (C, h, w)) pooled in the class's mask
     (`mask_pool`), the key the class's text embedding (`text_keys`: names -> (n, Dk) unit rows; a
     class's first name). Resumable: each image's entries go to `out/parts/<name>.safetensors` as
-    it is done, and a re-run skips images with a part, then joins all parts into the bank."""
+    it is done, and a re-run with the same settings skips images with a part (other settings are
+    an error), then joins all parts into the bank."""
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
@@ -222,6 +223,13 @@ def build_bank(folder: str | os.PathLike, out: str | os.PathLike, text_keys: Cal
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     names = [c[0] for c in ds.classes]
+    # parts from another run's settings must not be mixed in: the settings are kept beside them
+    settings = json.dumps({"classes": names, "min_pixels": min_pixels} | (meta or {}), sort_keys=True)
+    sfile = parts / "settings.json"
+    if sfile.exists() and sfile.read_text() != settings:
+        raise ValueError(f"{out} holds parts built with other settings ({sfile}); use a new --out "
+                         "or delete that folder")
+    sfile.write_text(settings)
     keys_all = text_keys(names).float().cpu()
     for i in tqdm(range(len(ds)), desc="build-bank", disable=not progress):
         name = ds[i][0]
