@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ..data.prepare import add_prepare_parser
 
     add_prepare_parser(sub)
+    from .build_bank import add_build_bank_parser
+
+    add_build_bank_parser(sub)
     from .demo import add_demo_parser
     from .serve import add_serve_parser
 

@@ -76,6 +76,8 @@ class Segmenter:
         dino: the DINO model of methods that borrow one (ProxyCLIP, LPOSS, CASS): a name
             (`ovss backbones dino`) or a file; it replaces only the model, not the preset's other
             head settings.
+        bank: FreeDA's prototype bank (`ovss build-bank`'s folder or the released one); it
+            replaces only the head's `bank`, not the preset's other settings.
         clip: an already loaded model (`Segmenter.clip` of another Segmenter) to share between
             methods without loading it twice.
     """
@@ -85,7 +87,8 @@ class Segmenter:
                  device: str | torch.device = "auto", overrides: Mapping[str, Any] | None = None,
                  tokenizer: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  text_cache_dir: str | os.PathLike | None = None, act: str | None = None,
-                 clip: LoadedClip | None = None, dino: str | os.PathLike | None = None):
+                 clip: LoadedClip | None = None, dino: str | os.PathLike | None = None,
+                 bank: str | os.PathLike | None = None):
         self.method = get_method(method) if isinstance(method, str) else method
         self.preset = preset
         self.recipe: Recipe = self.method.resolve(preset, overrides)
@@ -100,6 +103,10 @@ class Segmenter:
             self.recipe = self.method.resolve(preset, overrides, base=dict(clip.pretrained.recipe_overrides))
         if dino is not None:
             self.recipe = with_dino(self.recipe, dino, self.method.name)
+        if bank is not None:
+            from ..heads.freeda import with_bank
+
+            self.recipe = with_bank(self.recipe, bank, self.method.name)
         check_plugins(self.recipe.plugins)
         self.backbone = backbone
         self.tokenizer = self._tokenizer(tokenizer)

@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (registration side effects)
     clearclip,
     cliptrase,
     dense_clip,
+    freeda,
     lposs,
     maskclip,
     naclip,
