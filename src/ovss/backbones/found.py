@@ -37,60 +37,14 @@ from torch import Tensor
 
 from .vit import VisionTransformer
 
-FOUND_DECODER_URL = "https://github.com/valeoai/FOUND/raw/main/data/weights/decoder_weights.pt"
-FOUND_DINO_URL = ("https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_300ep_pretrain/"
-                  "dino_deitsmall8_300ep_pretrain.pth")
-
-
-@dataclass(frozen=True)
-class FoundPretrained:
-    """A released FOUND decoder: where it lives and which DINO it was trained on."""
-
-    name: str
-    url: str
-    filename: str
-    dino: str  # the DINO zoo name the decoder sits on by default
-    dino_url: str  # the exact DINO checkpoint FOUND trained with
-    description: str
-    aliases: tuple[str, ...] = ()
-
-
-FOUND_PRETRAINED: dict[str, FoundPretrained] = {
-    "found-duts-tr": FoundPretrained(
-        "found-duts-tr", FOUND_DECODER_URL, "decoder_weights.pt", "dino-vits8", FOUND_DINO_URL,
-        "FOUND saliency decoder (1x1 conv on DINO ViT-S/8 last-block keys), trained on DUTS-TR "
-        "(valeoai/FOUND data/weights/decoder_weights.pt)", ("found",)),
-}
-
-
-def resolve_found_name(name: str) -> str | None:
-    from .pretrained import norm_alias
-
-    key = norm_alias(name)
-    for n, p in FOUND_PRETRAINED.items():
-        if key in {norm_alias(a) for a in (n, *p.aliases)}:
-            return n
-    return None
-
-
-def found_cache_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where `ovss download NAME` puts a released decoder (the hub cache's `found/` folder)."""
-    from .hub import hub_cache_dir
-
-    return hub_cache_dir(cache_dir) / "found" / FOUND_PRETRAINED[name].filename
-
-
-def download_found(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Fetch a released decoder into the cache (needs network; the file is 3 kB)."""
-    import urllib.request
-
-    path = found_cache_path(name, cache_dir)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        urllib.request.urlretrieve(FOUND_PRETRAINED[name].url, tmp)  # noqa: S310  (a fixed https URL)
-        tmp.replace(path)
-    return path
+from .found_pretrained import (  # noqa: F401  (re-exported: the names users look for here)
+    FOUND_DECODER_URL,
+    FOUND_DINO_URL,
+    FOUND_PRETRAINED,
+    FoundPretrained,
+    resolve_found_name,
+)
+from .hub import download_found, found_cache_path  # noqa: F401
 
 
 def decoder_state(state: dict) -> dict[str, Tensor]:

@@ -64,31 +64,36 @@ _STD = tuple(255 * v for v in OPENAI_STD01)
 TEMPLATES = ("a photo of a {}",)  # clip_conv.py:61-62 (no full stop; never "an")
 
 # preset -> (config file, class list shipped under data/classnames/clipdiy/, its source)
+# (the config's lines: align_corners, then img_size .. interpolate_logits)
 _DATASETS = {
-    "voc21": ("configs/cfg_clip_pascal.yaml", "cls_voc21.txt", "src/datasets/pascal_voc.py:22-44 (VOC_CLASSES)"),
-    "coco-object": ("configs/cfg_clip_coco.yaml", "cls_coco_object.txt",
+    "voc21": ("configs/cfg_clip_pascal.yaml:{}", (14, "17-23"), "cls_voc21.txt",
+              "src/datasets/pascal_voc.py:22-44 (VOC_CLASSES)"),
+    "coco-object": ("configs/cfg_clip_coco.yaml:{}", (15, "18-24"), "cls_coco_object.txt",
                     "src/datasets/coco.py:19-100, 103 (COCO_CLASS_NAMES_ALL = ['background'] + COCO_CLASS_NAMES)"),
 }
 
 
 def _preset(name: str) -> Preset:
-    cfg, file, where = _DATASETS[name]
+    cfg, (ac_line, lines), file, where = _DATASETS[name]
+    ds = "src/datasets/pascal_voc.py:166-176" if name == "voc21" else "src/datasets/coco.py:131-149"
     values = {
-        "protocol.short_side": (None, _REPO.format("eval_clipconv.py:45, src/clip_conv.py:90-98 (the model sees "
-                                                   "the whole image; the head resizes it, see plugins)")),
+        "protocol.short_side": (None, _REPO.format(f"{ds} (the image and its saliency map read at their own "
+                                                   "size, then the transform's Resize(256, 256), which the head does: "
+                                                   "see plugins)")),
         "protocol.crop": (0, _REPO.format("src/clip_conv.py:102-107 (one image, no sliding windows)")),
-        "protocol.mean": (_MEAN, "CLIPImageProcessor of laion/CLIP-ViT-B-32-laion2B-s34B-b79K (preprocessor_config.json "
-                                 "image_mean, OpenAI's) x 255; src/clip_conv.py:134"),
-        "protocol.std": (_STD, "CLIPImageProcessor of laion/CLIP-ViT-B-32-laion2B-s34B-b79K (preprocessor_config.json "
-                               "image_std, OpenAI's) x 255; src/clip_conv.py:134"),
+        "protocol.mean": (_MEAN, _REPO.format("src/clip_conv.py:83, 134 (CLIPImageProcessor of the model: OpenAI's "
+                                              "image_mean) x 255; the head recovers the uint8 image from the input, so "
+                                              "any value gives the same numbers")),
+        "protocol.std": (_STD, _REPO.format("src/clip_conv.py:83, 134 (CLIPImageProcessor of the model: OpenAI's "
+                                            "image_std) x 255; as protocol.mean")),
         "decision.logit_scale": (1.0, _REPO.format("src/clip_conv.py:141 (#* logit_scale: cosines as logits); "
                                                    "eval_clipconv.py:60 (softmax of the fused cosines)")),
         "decision.prob_thd": (0.0, _REPO.format("eval_clipconv.py:64 (argmax, no threshold)")),
         "templates": (TEMPLATES, _REPO.format("src/clip_conv.py:61-62, 117 (one prompt; the 'aeiou' test never matches)")),
         "plugins": ("clipdiy:size=256,scales=256|128|64,strides=2,weights=1.0|1.0|1.0,side=224,interpolate=True,"
                     "align_corners=False,saliency=found,vfm=dino-vits8,decoder=found-duts-tr",
-                    _REPO.format(f"{cfg}:17-24 (img_size, patch_sizes, patch_w1-3, strides, interpolate_logits, "
-                                 "align_corners:14-15); src/datasets/load_dataset.py:26 (Resize 256x256); "
+                    _REPO.format(cfg.format(lines) + " (img_size, patch_sizes, patch_w1-3, strides, interpolate_logits), "
+                                 + cfg.format(ac_line) + " (align_corners); src/datasets/load_dataset.py:26 (Resize 256x256); "
                                  "eval_clipconv.py:49-60 (saliency: True, fusion); FOUND "
                                  "configs/found_DUTS-TR.yaml:1-7, model.py:53 (ViT-S/8 keys, 1x1 decoder)")),
     }
