@@ -6,6 +6,7 @@ saliency from a small random DINO + decoder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -157,3 +158,32 @@ def test_dino_option_replaces_founds_tower(golden):
     assert len(seg.preset_class_spec()) == 81
     with pytest.raises(ValueError, match="has no single-pass features"):
         seg.features(np.zeros((32, 32, 3), np.uint8))
+
+
+def _ovss(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ovss", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_methods_and_eval(golden, tiny_clip_dir, tmp_path):
+    """`ovss methods clipdiy` shows settings with sources; `ovss eval` runs it with FOUND's DINO
+    (`--dino FILE`) and decoder (`--set plugins=clipdiy:decoder=FILE`) given as files."""
+    from safetensors.torch import save_file
+
+    r = _ovss("methods", "clipdiy")
+    assert r.returncode == 0, r.stderr
+    assert "preset voc21" in r.stdout and "cfg_clip_pascal.yaml" in r.stdout and "clipdiy.saliency" in r.stdout
+    g = golden
+    save_file({k[13:]: v for k, v in g.items() if k.startswith("found.w.dino.")}, str(tmp_path / "dino.safetensors"))
+    torch.save({"decoder": {k[16:]: v for k, v in g.items() if k.startswith("found.w.decoder.")}},
+               tmp_path / "decoder_weights.pt")
+    r = _ovss("eval", "--dataset", "synthetic-scenes", "--root", tmp_path / "gen", "--synthetic-n", "2",
+              "--method", "clipdiy", "--backbone", tiny_clip_dir / "model.safetensors", "--out", tmp_path / "o",
+              "--device", "cpu", "--quiet", "--dino", tmp_path / "dino.safetensors",
+              "--set", f"plugins=clipdiy:decoder={tmp_path / 'decoder_weights.pt'}")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["metrics"]["num_images"] == 2 and 0 <= res["metrics"]["mIoU"] <= 100
+    assert "dino.safetensors" in json.dumps(res["settings"]) and "decoder_weights.pt" in json.dumps(res["settings"])
