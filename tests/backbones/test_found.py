@@ -65,7 +65,7 @@ def test_released_checkpoint_layout(tmp_path):
 
     conv = torch.nn.Conv2d(384, 1, (1, 1))
     torch.save({"decoder": OrderedDict(conv.state_dict())}, tmp_path / "decoder_weights.pt")
-    state, source = read_decoder(tmp_path / "decoder_weights.pt")
+    state, _ = read_decoder(tmp_path / "decoder_weights.pt")
     assert set(state) == {"weight", "bias"} and state["weight"].shape == (1, 384, 1, 1)
     assert torch.equal(make_decoder(state).weight, conv.weight)
     # the same as bare / prefixed state dicts and safetensors

@@ -188,9 +188,9 @@ def found_model(found_root: Path, dino_root: Path, full: bool, seed: int):
 
 def found_saliency_ref(model, img_u8: np.ndarray) -> torch.Tensor:
     """clip-diy thirdparty/extract_saliency.py:259-277 (--drop-probs), on one HWC uint8 image."""
-    import torch.nn as nn
     import torch.nn.functional as F
     from PIL import Image
+    from torch import nn
     from torchvision import transforms as T
 
     NORMALIZE = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -198,7 +198,7 @@ def found_saliency_ref(model, img_u8: np.ndarray) -> torch.Tensor:
     t = T.Compose([T.ToTensor(), NORMALIZE])
     img_t = t(img)[None, :, :, :]
     with torch.no_grad():
-        preds, _, shape_f, att = model.forward_step(img_t, for_eval=True)
+        preds, _, _shape_f, _att = model.forward_step(img_t, for_eval=True)
     sigmoid = nn.Sigmoid()
     h, w = img_t.shape[-2:]
     preds_up = F.interpolate(preds, scale_factor=model.vit_patch_size, mode="bilinear", align_corners=False)[..., :h, :w]
@@ -222,8 +222,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "clipdiy_small.safetensors")
     args = ap.parse_args()
     # transformers first: it probes for the real torchvision, which the stand-in would confuse
-    from transformers import (CLIPImageProcessor, CLIPImageProcessorPil, CLIPModel,  # noqa: F401
-                              CLIPTextModelWithProjection, CLIPTokenizerFast, CLIPVisionModelWithProjection)
+    from transformers import (  # noqa: F401
+        CLIPImageProcessor,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizerFast,
+        CLIPVisionModelWithProjection,
+    )
 
     stub_modules()
     torch.manual_seed(0)
@@ -241,8 +247,8 @@ def main() -> None:
     sal64 = torch.rand(64, 64, generator=g)  # stored small; the map is its 4x4 blocks
     sal = sal64.repeat_interleave(4, 0).repeat_interleave(4, 1)[None, None]
     with torch.no_grad():
-        scores, maps = m.forward(img), None
-    fused, probs, labels = fuse(scores, sal)
+        scores = m.forward(img)
+    fused, _, labels = fuse(scores, sal)
     out |= {"grid.text": text, "grid.saliency64": sal64,
             "grid.scores": scores[0, :, ::4, ::4].contiguous(), "grid.fused": fused[0, :, ::4, ::4].contiguous(),
             "grid.labels": labels[0].to(torch.uint8)}
@@ -278,7 +284,7 @@ def main() -> None:
     m = clipconv(args.clipdiy, hf, proc, text)
     with torch.no_grad():
         scores = m.forward(img)
-    fused, probs, labels = fuse(scores, sal_e2e[None, None])
+    fused, _, labels = fuse(scores, sal_e2e[None, None])
     out |= {"e2e.text": text, "e2e.scores": scores[0, :, ::4, ::4].contiguous(),
             "e2e.fused": fused[0, :, ::4, ::4].contiguous(), "e2e.labels": labels[0].to(torch.uint8)}
     print("e2e labels", torch.bincount(labels.flatten(), minlength=q).tolist())

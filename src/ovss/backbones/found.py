@@ -35,8 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .vit import VisionTransformer
-
 from .found_pretrained import (  # noqa: F401  (re-exported: the names users look for here)
     FOUND_DECODER_URL,
     FOUND_DINO_URL,
@@ -45,6 +43,7 @@ from .found_pretrained import (  # noqa: F401  (re-exported: the names users loo
     resolve_found_name,
 )
 from .hub import download_found, found_cache_path  # noqa: F401
+from .vit import VisionTransformer
 
 
 def decoder_state(state: dict) -> dict[str, Tensor]:
@@ -99,7 +98,7 @@ class LoadedFound:
     name: str
     source: str
 
-    def to(self, device: torch.device | str) -> "LoadedFound":
+    def to(self, device: torch.device | str) -> LoadedFound:
         self.dino.to(device)
         self.decoder.to(device)
         return self

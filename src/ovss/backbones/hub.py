@@ -383,6 +383,6 @@ def download_found(name: str, cache_dir: str | os.PathLike | None = None) -> Pat
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".part")
-        urllib.request.urlretrieve(FOUND_PRETRAINED[name].url, tmp)  # noqa: S310  (a fixed https URL)
+        urllib.request.urlretrieve(FOUND_PRETRAINED[name].url, tmp)  # a fixed https URL
         tmp.replace(path)
     return path

@@ -10,8 +10,9 @@ The pieces are public functions (`crop_boxes`, `group_crops`, `average_scales`,
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch

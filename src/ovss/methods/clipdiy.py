@@ -90,8 +90,8 @@ def _preset(name: str) -> Preset:
                                                    "eval_clipconv.py:60 (softmax of the fused cosines)")),
         "decision.prob_thd": (0.0, _REPO.format("eval_clipconv.py:64 (argmax, no threshold)")),
         "templates": (TEMPLATES, _REPO.format("src/clip_conv.py:61-62, 117 (one prompt; the 'aeiou' test never matches)")),
-        "plugins": ("clipdiy:size=256,scales=256|128|64,strides=2,weights=1.0|1.0|1.0,side=224,interpolate=True,"
-                    "align_corners=False,saliency=found,vfm=dino-vits8,decoder=found-duts-tr",
+        "plugins": (("clipdiy:size=256,scales=256|128|64,strides=2,weights=1.0|1.0|1.0,side=224,interpolate=True,"
+                     "align_corners=False,saliency=found,vfm=dino-vits8,decoder=found-duts-tr"),
                     _REPO.format(cfg.format(lines) + " (img_size, patch_sizes, patch_w1-3, strides, interpolate_logits), "
                                  + cfg.format(ac_line) + " (align_corners); src/datasets/load_dataset.py:26 (Resize 256x256); "
                                  "eval_clipconv.py:49-60 (saliency: True, fusion); FOUND "
