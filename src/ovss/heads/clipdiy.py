@@ -101,23 +101,24 @@ def resize_saliency(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     return F.interpolate(s[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
 
 
-_FOUND: dict[tuple[str, str, str], Any] = {}
+_FOUND: dict[tuple[str, str], torch.nn.Module] = {}
 
 
 def _found(vfm: str, decoder: str, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     """FOUND's DINO (the shared tower cache, `get_vfm`) and its decoder, loaded once per name."""
     from ..backbones.found import make_decoder, read_decoder
 
-    key = (vfm, decoder, str(device))
+    key = (vfm, decoder)
     if key not in _FOUND:
-        _FOUND[key] = make_decoder(read_decoder(decoder)[0]).to(device)
-    return get_vfm(vfm, device), _FOUND[key]
+        _FOUND[key] = make_decoder(read_decoder(decoder)[0])
+    return get_vfm(vfm, device), _FOUND[key].to(device)
 
 
 def register_found_decoder(name: str, decoder: torch.nn.Module, vfm: str = "dino-vits8",
                            device: torch.device | str = "cpu") -> None:
-    """Use `decoder` (a 1x1 conv) whenever a recipe names decoder `name` (tests, models in memory)."""
-    _FOUND[(vfm, name, str(torch.device(device)))] = decoder.eval()
+    """Use `decoder` (a 1x1 conv) whenever a recipe names decoder `name` on tower `vfm` (tests,
+    models in memory); it moves to the image's device when used."""
+    _FOUND[(vfm, name)] = decoder.eval().to(device)
 
 
 @PLUGINS.register("clipdiy")
