@@ -213,6 +213,22 @@ def blocks_image(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def cv2_golden(folder: Path) -> None:
+    """`cv2.resize(image, (W, H), interpolation=cv2.INTER_LINEAR)` of uint8 images, what
+    albumentations' `A.Resize(H, W, interpolation=1)` runs (clip-diy load_dataset.py:26)."""
+    sys.path.append(str(folder))
+    import cv2
+
+    out = {}
+    for i, ((h, w), (H, W)) in enumerate((((150, 200), (64, 64)), ((37, 41), (64, 48)), ((120, 90), (50, 70)),
+                                          ((30, 64), (97, 33)))):
+        im = blocks_image(h, w, 100 + i)
+        out[f"case{i}.image"] = torch.from_numpy(im)
+        out[f"case{i}.resized"] = torch.from_numpy(cv2.resize(im, (W, H), interpolation=cv2.INTER_LINEAR))
+    save_file(out, str(HERE / "clipdiy_cv2_resize.safetensors"), metadata={"opencv-python": cv2.__version__})
+    print("wrote", HERE / "clipdiy_cv2_resize.safetensors", "opencv", cv2.__version__)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clipdiy", type=Path, required=True)
@@ -220,7 +236,12 @@ def main() -> None:
     ap.add_argument("--dino", type=Path, required=True)
     ap.add_argument("--full", action="store_true", help="also check the real ViT-S/8 size in memory")
     ap.add_argument("--out", type=Path, default=HERE / "clipdiy_small.safetensors")
+    ap.add_argument("--cv2", type=Path, metavar="DIR",
+                    help="a folder with opencv-python (pip install --target DIR opencv-python-headless): write "
+                         "clipdiy_cv2_resize.safetensors, cv2 INTER_LINEAR on uint8 images (albumentations' Resize)")
     args = ap.parse_args()
+    if args.cv2:
+        cv2_golden(args.cv2)
     # transformers first: it probes for the real torchvision, which the stand-in would confuse
     from transformers import (  # noqa: F401
         CLIPImageProcessor,

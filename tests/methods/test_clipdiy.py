@@ -187,3 +187,18 @@ def test_cli_methods_and_eval(golden, tiny_clip_dir, tmp_path):
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["metrics"]["num_images"] == 2 and 0 <= res["metrics"]["mIoU"] <= 100
     assert "dino.safetensors" in json.dumps(res["settings"]) and "decoder_weights.pt" in json.dumps(res["settings"])
+
+
+def test_image_resize_is_cv2s_fixed_point_bilinear():
+    """`resize_uint8` against cv2.resize(INTER_LINEAR) of uint8 images (opencv-python 5.1, what
+    albumentations' Resize runs in clip-diy load_dataset.py:26): up, down and mixed scales."""
+    from ovss.heads.clipdiy import resize_uint8
+
+    g = load_file(str(GOLDEN / "clipdiy_cv2_resize.safetensors"))
+    for i in range(4):
+        im, ref = g[f"case{i}.image"], g[f"case{i}.resized"]
+        x = im.permute(2, 0, 1)[None].float()
+        ours = resize_uint8(x, tuple(ref.shape[:2]))[0].permute(1, 2, 0)
+        assert torch.equal(ours, ref.float()), (i, (ours - ref.float()).abs().max())
+        approx = resize_uint8(x, tuple(ref.shape[:2]), "torch")[0].permute(1, 2, 0)
+        assert (approx - ref.float()).abs().max() <= 1

@@ -92,6 +92,48 @@ def crop_inputs(crops: torch.Tensor, side: int = 224, resample: str = "pil",
     return (x - m) / s
 
 
+def _cv2_taps(n_in: int, n_out: int, clamp: bool, device) -> tuple[torch.Tensor, ...]:
+    # cv2::resize INTER_LINEAR's source indices and 11-bit weights: the coordinate in float32,
+    # weights rounded to 1/2048; columns clamp index and weight at the borders, rows clamp only
+    # the index (their weights stay those of the unclamped coordinate).
+    f = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).float()
+    s = f.floor()
+    f = f - s
+    s = s.long()
+    if clamp:
+        f = torch.where(s < 0, torch.zeros_like(f), f)
+        s = s.clamp(min=0)
+        f = torch.where(s >= n_in - 1, torch.zeros_like(f), f)
+        s = s.clamp(max=n_in - 1)
+    w1 = torch.round(f * 2048).long()
+    w0 = torch.round((1 - f) * 2048).long()
+    return (s.clamp(0, n_in - 1).to(device), (s + 1).clamp(0, n_in - 1).to(device), w0.to(device), w1.to(device))
+
+
+def resize_uint8(image: torch.Tensor, size: tuple[int, int], mode: str = "cv2") -> torch.Tensor:
+    """(B, 3, H, W) uint8-valued -> `size`, what albumentations' `Resize(interpolation=1)` does
+    (load_dataset.py:26): cv2 INTER_LINEAR on uint8 in fixed point (11-bit weights, a horizontal
+    pass in int32, the vertical pass as cv2's SIMD code rounds it:
+    ((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16) + 2) >> 2). Equal to opencv-python 5.1
+    (x86) on every test image (tests/golden/clipdiy_cv2_resize.safetensors). mode "torch": a
+    float bilinear resize rounded to uint8 (one grey level off on ~12% of values)."""
+    H, W = image.shape[-2:]
+    if (H, W) == tuple(size):
+        return image
+    if mode == "torch":
+        return F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+    if mode != "cv2":
+        raise ValueError(f"unknown resize {mode!r}; expected 'cv2' or 'torch'")
+    x0, x1, a0, a1 = _cv2_taps(W, size[1], True, image.device)
+    y0, y1, b0, b1 = _cv2_taps(H, size[0], False, image.device)
+    src = image.round().long()
+    hor = src[..., x0] * a0 + src[..., x1] * a1  # (B, 3, H, w)
+    s0, s1 = hor[..., y0, :], hor[..., y1, :]
+    b0, b1 = b0.view(-1, 1), b1.view(-1, 1)
+    out = (((b0 * (s0 >> 4)) >> 16) + ((b1 * (s1 >> 4)) >> 16) + 2) >> 2
+    return out.clamp(0, 255).to(image.dtype if image.is_floating_point() else torch.float32)
+
+
 def resize_saliency(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(H, W) probability -> `size`, bilinear, half-pixel centres, no antialias: albumentations'
     `Resize(interpolation=1)` (cv2 INTER_LINEAR) on the float32 map (load_dataset.py:26, pascal_voc.py:172-174)."""
@@ -129,7 +171,9 @@ class CLIPDIYHead(HeadPlugin):
     size: the square the image is resized to (aspect not kept); scales: crop sides; strides:
     crop step = scale // stride; weights: one per (scale, stride) map; side, resample: CLIP's
     crop input (`crop_inputs`); interpolate, align_corners: the crop grid's resize to `size`;
-    batch: crops per CLIP forward (a memory bound; numbers do not depend on it).
+    batch: crops per CLIP forward (a memory bound; numbers do not depend on it); resize: the
+    image's resize to `size` ("cv2": cv2's fixed-point INTER_LINEAR, exact; "torch": float
+    bilinear rounded, `resize_uint8`).
     saliency: "found" (FOUND: `vfm` + `decoder`), "none" (no fusion), a path to an (H, W) .npy
     probability map, an array / tensor, or a callable rgb uint8 (H, W, 3) array -> (H, W) map in
     [0, 1]; the map is resized to `size` like the image. n_background: leading queries scaled
@@ -149,6 +193,7 @@ class CLIPDIYHead(HeadPlugin):
     vfm: str = "dino-vits8"
     decoder: str = "found-duts-tr"
     n_background: int = 1
+    resize: str = "cv2"
 
     # clipdiy.scales (S, Q, size, size): each (scale, stride) map; clipdiy.scores (Q, size, size):
     # their average; clipdiy.saliency (size, size): the foreground probability fused (absent
@@ -209,10 +254,7 @@ class CLIPDIYHead(HeadPlugin):
         m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
         sd = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
         rgb = (x * sd + m).round().clamp(0, 255)  # the uint8 image the network input came from
-        small = rgb
-        if (H, W) != (self.size, self.size):  # A.Resize(256, 256, cv2 INTER_LINEAR) on uint8 (load_dataset.py:26)
-            small = F.interpolate(rgb, size=(self.size, self.size), mode="bilinear",
-                                  align_corners=False).round().clamp(0, 255)
+        small = resize_uint8(rgb, (self.size, self.size), self.resize)  # A.Resize (load_dataset.py:26)
         maps = self.crop_scores(seg.visual, small, queries.to(x.device))
         record("clipdiy.scales", torch.stack(maps))
         scores = average_scales(maps, self.weights)

@@ -43,10 +43,12 @@ Reference bugs (none changes the numbers reproduced here):
   (logit scale 1, so the probabilities equal the reference's).
 - `MetaClipConv` reshapes crops into a square grid (`int(n ** 0.5)`); only square resizes work
   (as here: `size` is one side).
-Not reproduced: cv2's fixed-point bilinear resize of the uint8 image (ovss rounds a float
-bilinear resize, as its `preprocess` does: single grey levels may differ), and the evaluation's
-ground truth resized to short side 448 with nearest (`PascalVOCSegmentation.get_mask`,
-coco.py:126-128): `ovss eval` scores at the ground truth's own size.
+The image's resize to 256 x 256 is cv2's fixed-point INTER_LINEAR, reproduced bit for bit
+(`heads.clipdiy.resize_uint8`, checked against opencv-python 5.1's SIMD path; `resize=torch` is a
+rounded float bilinear, one grey level off on ~12% of values).
+Not reproduced: the evaluation's ground truth resized to short side 448 with nearest
+(`PascalVOCSegmentation.get_mask`, coco.py:126-128): `ovss eval` scores at the ground truth's
+own size.
 """
 
 from __future__ import annotations
