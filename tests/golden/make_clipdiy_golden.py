@@ -81,7 +81,8 @@ def stub_modules() -> None:
 
     tr.ToPILImage, tr.ToTensor, tr.Normalize, tr.Compose = ToPILImage, ToTensor, Normalize, Compose
     tv.transforms = tr
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tr, "cv2": types.ModuleType("cv2")})
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": tr})
+    sys.modules.setdefault("cv2", types.ModuleType("cv2"))  # the real one when --cv2 loaded it
 
 
 def clipconv(clip_diy: Path, image_model, processor, class_embeddings: torch.Tensor):
@@ -225,8 +226,27 @@ def cv2_golden(folder: Path) -> None:
         im = blocks_image(h, w, 100 + i)
         out[f"case{i}.image"] = torch.from_numpy(im)
         out[f"case{i}.resized"] = torch.from_numpy(cv2.resize(im, (W, H), interpolation=cv2.INTER_LINEAR))
-    save_file(out, str(HERE / "clipdiy_cv2_resize.safetensors"), metadata={"opencv-python": cv2.__version__})
-    print("wrote", HERE / "clipdiy_cv2_resize.safetensors", "opencv", cv2.__version__)
+    return out
+
+
+def offsize_case(m, fm, text) -> dict[str, torch.Tensor]:
+    """End to end on a 181 x 243 image, as the dataset does it: the uint8 image and FOUND's
+    map at its own size, both through cv2's INTER_LINEAR to 256 x 256 (pascal_voc.py:166-176),
+    ClipConv, fusion, the label map cv2 INTER_NEAREST back to the image (semseg/evaluate.py:55-56)."""
+    import cv2
+
+    h, w = 181, 243
+    im = blocks_image(h, w, 5 + h)
+    sal, _ = found_saliency_ref(fm, im)
+    sal256 = torch.from_numpy(cv2.resize(sal.numpy(), (256, 256), interpolation=cv2.INTER_LINEAR))[None, None]
+    img = torch.from_numpy(cv2.resize(im, (256, 256), interpolation=cv2.INTER_LINEAR)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        scores = m.forward(img.contiguous())
+    fused, _, labels = fuse(scores, sal256)
+    lab = cv2.resize(labels[0].numpy().astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    print("offsize labels", np.bincount(lab.ravel(), minlength=text.shape[0]).tolist())
+    return {"e2e181.image": torch.from_numpy(im), "e2e181.fused": fused[0, :, ::4, ::4].contiguous(),
+            "e2e181.labels": torch.from_numpy(lab)}
 
 
 def main() -> None:
@@ -240,8 +260,7 @@ def main() -> None:
                     help="a folder with opencv-python (pip install --target DIR opencv-python-headless): write "
                          "clipdiy_cv2_resize.safetensors, cv2 INTER_LINEAR on uint8 images (albumentations' Resize)")
     args = ap.parse_args()
-    if args.cv2:
-        cv2_golden(args.cv2)
+    cv2_out = cv2_golden(args.cv2) if args.cv2 else None
     # transformers first: it probes for the real torchvision, which the stand-in would confuse
     from transformers import (  # noqa: F401
         CLIPImageProcessor,
@@ -314,6 +333,12 @@ def main() -> None:
                         "FOUND": "1ad22bacf1a6854faff1b5d4be300d54cad6f277",
                         "dino": "7c446df5b9f45747937fb0d72314eb9f7b66930a"})
     print("wrote", args.out, sum(v.numel() * v.element_size() for v in out.values()), "bytes")
+    if cv2_out is not None:
+        import cv2
+
+        cv2_out |= offsize_case(m, fm, text)
+        save_file(cv2_out, str(HERE / "clipdiy_cv2_resize.safetensors"), metadata={"opencv-python": cv2.__version__})
+        print("wrote", HERE / "clipdiy_cv2_resize.safetensors", "opencv", cv2.__version__)
 
     if args.full:
         from ovss.backbones.dino import create_dino

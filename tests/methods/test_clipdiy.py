@@ -202,3 +202,20 @@ def test_image_resize_is_cv2s_fixed_point_bilinear():
         assert torch.equal(ours, ref.float()), (i, (ours - ref.float()).abs().max())
         approx = resize_uint8(x, tuple(ref.shape[:2]), "torch")[0].permute(1, 2, 0)
         assert (approx - ref.float()).abs().max() <= 1
+
+
+def test_end_to_end_off_size_image_matches_reference(golden):
+    """A 181 x 243 image as clip-diy's dataset and evaluation handle it: the image and FOUND's map
+    through cv2 INTER_LINEAR to 256 x 256, the labels cv2 INTER_NEAREST back (golden made with
+    `--cv2`, see tests/golden/README.md)."""
+    g = load_file(str(GOLDEN / "clipdiy_cv2_resize.safetensors"))
+    seg = _segmenter()
+    q = golden["e2e.text"]
+    img = g["e2e181.image"].numpy()
+    with seg.trace() as t:
+        seg.stitched_logits(seg.preprocess(img), q)
+    d = (t["clipdiy.fused"][0][:, ::4, ::4] - g["e2e181.fused"]).abs().max().item()
+    print("off-size e2e: max abs diff fused", d)  # measured 3.0e-8
+    assert d < 1e-4
+    r = seg(img, CLASSES, queries=q)
+    assert np.array_equal(r.labels, g["e2e181.labels"].numpy().astype(np.int32))
