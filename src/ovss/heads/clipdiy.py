@@ -10,7 +10,7 @@ The pieces are public functions (`crop_boxes`, `group_crops`, `average_scales`,
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -268,6 +268,3 @@ class CLIPDIYHead(HeadPlugin):
         if (H, W) != tuple(scores.shape[-2:]):
             scores = F.interpolate(scores[None], size=(H, W), mode="nearest")[0]
         return scores
-
-
-SaliencyFn = Callable[[np.ndarray], np.ndarray]
