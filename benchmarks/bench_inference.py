@@ -5,6 +5,9 @@
         [--deep-methods resclip,scclip,cliptrase] [--reference-resclip PATH] \
         [--graph-methods proxyclip,lposs,lposs+,cass] [--reference-cass PATH --reference-pydeps DIR]
 
+CLIP-DIY is timed with `--graph-methods clipdiy` (not in the default list): its default recipe
+(59 crops through the ViT-B/16 here, FOUND on a random ViT-S/8 + decoder at 500x375).
+
 ResCLIP, SC-CLIP and CLIPtrase (`--deep-methods`) are timed on the same 500x375 image with their
 default recipes and with their VOC21 presets, each with its peak memory: the growth of the
 process's peak resident set during the call above the resident set before it (Linux: VmHWM reset
@@ -313,6 +316,11 @@ def graph_rows(clip, image, methods: list[str], repeats: int, device: str) -> li
     torch.manual_seed(1)
     for name in ("dino-vitb8", "dino-vitb16"):
         register_vfm(name, VisionTransformer(DINO_ARCHS[name]).eval().to(device))
+    if "clipdiy" in methods:  # FOUND: a random ViT-S/8 and decoder in place of the released weights
+        from ovss.heads.clipdiy import register_found_decoder
+
+        register_vfm("dino-vits8", VisionTransformer(DINO_ARCHS["dino-vits8"]).eval().to(device))
+        register_found_decoder("found-duts-tr", torch.nn.Conv2d(384, 1, (1, 1)).eval().to(device), device=device)
     rows = []
     for method in methods:
         seg = Segmenter(method, device=device, clip=clip, tokenizer=VOCAB, text_cache_dir="/tmp/ovss-bench-text")

@@ -341,6 +341,10 @@ def download(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """
     if resolve_name(name) is None:
         from .dino_pretrained import DINO_PRETRAINED, resolve_dino_name
+        from .found_pretrained import resolve_found_name
+
+        if resolve_found_name(name) is not None:  # a FOUND decoder: a file of its GitHub repository
+            return download_found(resolve_found_name(name), cache_dir).parent
 
         key = resolve_dino_name(name.removeprefix("timm:"))
         if key is not None:
@@ -359,3 +363,26 @@ def download(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
 
         warnings.warn(f"{pre.hf_hub_id}: could not fetch {', '.join(missing)}", stacklevel=2)
     return weights.parent
+
+
+def found_cache_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where `ovss download NAME` puts a released FOUND decoder (the hub cache's `found/` folder):
+    it is a file of a GitHub repository, not of the Hugging Face hub."""
+    from .found_pretrained import FOUND_PRETRAINED
+
+    return hub_cache_dir(cache_dir) / "found" / FOUND_PRETRAINED[name].filename
+
+
+def download_found(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Fetch a released FOUND decoder into the cache (needs network; the file is 3 kB)."""
+    import urllib.request
+
+    from .found_pretrained import FOUND_PRETRAINED
+
+    path = found_cache_path(name, cache_dir)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        urllib.request.urlretrieve(FOUND_PRETRAINED[name].url, tmp)  # a fixed https URL
+        tmp.replace(path)
+    return path

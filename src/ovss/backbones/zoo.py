@@ -21,6 +21,8 @@ FAMILIES = {
     "clip": "CLIP image-text models: the backbone of every method (`backbone=` / `--backbone`)",
     "dino": "DINO / DINOv2 vision models: the affinity or key source of ProxyCLIP, LPOSS and CASS "
             "(`dino=` / `--dino`)",
+    "saliency": "saliency models: CLIP-DIY's foreground map (FOUND's decoder on DINO ViT-S/8; "
+                "`--set plugins=clipdiy:decoder=NAME_OR_FILE`)",
 }
 
 
@@ -55,6 +57,14 @@ def entries(family: str | None = None) -> list[ZooEntry]:
                                 f"{'DINOv2' if n.startswith('dinov2') else 'DINO'} {n.split('-', 1)[1]}; also "
                                 f"timm:{n} ({d.timm_hub_id}) or the official file {d.url.rsplit('/', 1)[-1]}",
                                 (d.hf_hub_id, d.timm_hub_id, *d.aliases)))
+    if family in (None, "saliency"):
+        from .found_pretrained import FOUND_PRETRAINED
+
+        for n in sorted(FOUND_PRETRAINED):
+            f = FOUND_PRETRAINED[n]
+            out.append(ZooEntry(n, "saliency", "ViT-S-8 + 1x1 conv", f.url,
+                                f"{f.description}; DINO {f.dino} (trained on {f.dino_url.rsplit('/', 1)[-1]})",
+                                f.aliases))
     return out
 
 

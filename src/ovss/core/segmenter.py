@@ -73,7 +73,7 @@ class Segmenter:
         method, preset, overrides: the recipe (`ovss methods`), its published settings, and
             dotted-path overrides ({"protocol.crop": 0, "plugins": "rcs+sfr", ...}).
         backbone, weights: the CLIP model by name (`ovss backbones`), file, folder or hub id.
-        dino: the DINO model of methods that borrow one (ProxyCLIP, LPOSS, CASS): a name
+        dino: the DINO model of methods that borrow one (ProxyCLIP, LPOSS, CASS; CLIP-DIY: FOUND's): a name
             (`ovss backbones dino`) or a file; it replaces only the model, not the preset's other
             head settings.
         bank: FreeDA's prototype bank (`ovss build-bank`'s folder or the released one); it
@@ -484,5 +484,5 @@ def with_dino(recipe: Recipe, dino: str | os.PathLike, method: str = "this metho
             p, found = dataclasses.replace(p, vfm=os.fspath(dino)), True
         plugins.append(p)
     if not found:
-        raise ValueError(f"{method} uses no DINO model (dino= works with proxyclip, lposs, lposs+ and cass)")
+        raise ValueError(f"{method} uses no DINO model (dino= works with proxyclip, lposs, lposs+, cass and clipdiy: FOUND's tower)")
     return dataclasses.replace(recipe, plugins=tuple(plugins))

@@ -5,6 +5,7 @@ from ..core.registry import METHODS
 from . import (  # noqa: F401  (registration side effects)
     cass,
     clearclip,
+    clipdiy,
     cliptrase,
     dense_clip,
     freeda,
