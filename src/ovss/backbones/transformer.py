@@ -83,6 +83,8 @@ class Attention(nn.Module):
             raise ValueError(f"unknown attention order {order!r}; choose None or 'qk_s'")
         elif "attn" in keep:
             attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+            if attn.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(attn.device.type):
+                attn = attn.float()  # reduced precision (core.precision): the softmax in float32
             if mask is not None:
                 attn = attn + mask
             attn = attn.softmax(dim=-1)

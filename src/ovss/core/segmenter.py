@@ -23,6 +23,7 @@ from ..heads.dense import patch_logits
 from ..heads.plugin import check_plugins, providers
 from ..text.bank import ClassSpec, TextBank, parse_classes
 from ..text.tokenizer import Tokenizer
+from .precision import autocast, dtype_name, resolve_dtype
 from .decision import class_probabilities, decide, reduce_queries
 from .protocol import preprocess, slide_logits, window_boxes
 from .recipe import MethodSpec, Recipe, get_method
@@ -80,6 +81,9 @@ class Segmenter:
             replaces only the head's `bank`, not the preset's other settings.
         clip: an already loaded model (`Segmenter.clip` of another Segmenter) to share between
             methods without loading it twice.
+        dtype: "float32" (default), "bfloat16", "float16" or "auto": the precision of the towers
+            and the head (`core.precision`: softmaxes, cosine logits and everything after the head
+            stay float32; the weights stay float32).
     """
 
     def __init__(self, method: str | MethodSpec = "maskclip", backbone: str = "clip-vit-b16",
@@ -88,11 +92,12 @@ class Segmenter:
                  tokenizer: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  text_cache_dir: str | os.PathLike | None = None, act: str | None = None,
                  clip: LoadedClip | None = None, dino: str | os.PathLike | None = None,
-                 bank: str | os.PathLike | None = None):
+                 bank: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32"):
         self.method = get_method(method) if isinstance(method, str) else method
         self.preset = preset
         self.recipe: Recipe = self.method.resolve(preset, overrides)
         self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         if clip is None:  # `clip` lets callers share one loaded model between recipes
             clip = create_clip(backbone, weights=weights, device=self.device, cache_dir=cache_dir,
                                act=act, pos_resize=self.recipe.pos_resize)
@@ -111,7 +116,7 @@ class Segmenter:
         self.backbone = backbone
         self.tokenizer = self._tokenizer(tokenizer)
         self.text_bank = TextBank(self.clip.model, self.tokenizer, self.clip.weights_id,
-                                  self.recipe.templates, cache_dir=text_cache_dir)
+                                  self.recipe.templates, cache_dir=text_cache_dir, dtype=self.dtype)
 
     def _tokenizer(self, path: str | os.PathLike | None) -> Tokenizer:
         if path is not None:
@@ -208,11 +213,12 @@ class Segmenter:
                              "seg.logits(image, classes) or seg.stitched_logits(state, queries)")
         from ..heads.dense import pass_context
 
-        ctx = pass_context(self.visual, state.x, r.attention, r.surgery, r.pos_resize, plugins)
-        mixes: list = []
-        for p in providers(plugins, "mixes"):
-            mixes = mixes + list(p.mixes(ctx, tuple(mixes)))
-        feats = self.visual.project(ctx.run(mixes))[0]
+        with autocast(self.device, self.dtype):
+            ctx = pass_context(self.visual, state.x, r.attention, r.surgery, r.pos_resize, plugins)
+            mixes: list = []
+            for p in providers(plugins, "mixes"):
+                mixes = mixes + list(p.mixes(ctx, tuple(mixes)))
+            feats = self.visual.project(ctx.run(mixes))[0].float()
         if normalize:
             feats = torch.nn.functional.normalize(feats, dim=-1)
         return feats if cls_token else feats[1:]
@@ -233,9 +239,11 @@ class Segmenter:
             n = len(self.visual.blocks)
             for refiner in r.refiners:
                 taps.update(refiner.taps(n) if hasattr(refiner, "taps") else {})
-        return patch_logits(self.visual, images.to(self.device), queries.to(self.device),
-                            r.attention, r.surgery, r.pos_resize, r.plugins, taps or None,
-                            cache if taps else None)
+        with autocast(self.device, self.dtype):
+            out = patch_logits(self.visual, images.to(self.device), queries.to(self.device),
+                               r.attention, r.surgery, r.pos_resize, r.plugins, taps or None,
+                               cache if taps else None)
+        return out if self.dtype == torch.float32 else out.float()
 
     @torch.no_grad()
     def stitched_logits(self, state: ImageState, queries: torch.Tensor) -> torch.Tensor:
@@ -248,7 +256,9 @@ class Segmenter:
         record("input", x)
         joint = providers(self.recipe.plugins, "joint_slide")
         if joint:  # a head that needs every window at once (LPOSS's one graph per image)
-            logits = joint[0].joint_slide(self, x, queries)
+            with autocast(self.device, self.dtype):
+                logits = joint[0].joint_slide(self, x, queries)
+            logits = logits if self.dtype == torch.float32 else logits.float()
         else:
             mult = p.pad_multiple or self.visual.patch_size
             whole = len(window_boxes(x.shape[-2], x.shape[-1], p.crop, p.stride)) == 1 and not (
@@ -444,6 +454,7 @@ class Segmenter:
             "preset": self.preset,
             "backbone": self.backbone,
             "weights_id": self.clip.weights_id,
+            **({} if self.dtype == torch.float32 else {"dtype": dtype_name(self.dtype)}),
             "recipe": self.recipe.to_dict(),
             "ovss_version": __version__,
         }

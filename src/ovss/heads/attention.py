@@ -140,6 +140,14 @@ def attention_prior(rule: AttentionRule, grid: tuple[int, int], cls_token: bool 
     return prior if cls_token else prior[1:, 1:]
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Under a reduced-precision autocast, logits go to float32 before their softmax; outside it
+    (the float32 path) x is returned as it is, whatever its dtype."""
+    if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+        return x.float()
+    return x
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rule: AttentionRule,
            grid: tuple[int, int], mixes: tuple[Mix, ...] | list[Mix] = (), cls_token: bool = True) -> torch.Tensor:
     """Mix values with a rule. q, k, v: (B, heads, N, d_h) -> (B, heads, N, d_h)."""
@@ -171,12 +179,12 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, rule: AttentionRule, gri
     attn, count = None, 0
     for m in mixes:  # external terms first (SC-CLIP's order)
         if m.where == "term":
-            a = m.matrix.softmax(dim=-1)
+            a = _upcast(m.matrix).softmax(dim=-1)
             a = a if isinstance(m.weight, float) and m.weight == 1.0 else a * m.weight
             attn = a if attn is None else attn + a
             count += 1
     for term in rule.terms:
-        logits = (src[term[0]] @ src[term[1]].transpose(-2, -1)) * scale
+        logits = _upcast(src[term[0]] @ src[term[1]].transpose(-2, -1)) * scale
         for m in pre:
             logits = m.scale * ((1 - m.weight) * logits + m.weight * m.matrix)
         if prior is not None:

@@ -93,7 +93,11 @@ class PassContext:
             raise ValueError("this head plug-in needs the text queries")
         # a readout on another grid than the backbone's (ProxyCLIP: the proxy model's) says so here
         h, w = self.cache.get("readout_grid", self.grid)
-        lg = feats @ self.queries.to(feats.dtype).T
+        if torch.is_autocast_enabled(feats.device.type):  # reduced precision: the cosines in float32
+            with torch.autocast(device_type=feats.device.type, enabled=False):
+                lg = feats.float() @ self.queries.float().T
+        else:
+            lg = feats @ self.queries.to(feats.dtype).T
         return lg.transpose(1, 2).reshape(feats.shape[0], -1, h, w)
 
 

@@ -253,7 +253,8 @@ class TextBank:
     def __init__(self, model, tokenizer, weights_id: str, templates: str | Sequence[str] = "imagenet80",
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 256,
                  use_cache: bool = True, crop_context: bool = True,
-                 memory_items: int = DEFAULT_MEMORY_ITEMS, disk_mb: float | None = DEFAULT_DISK_MB):
+                 memory_items: int = DEFAULT_MEMORY_ITEMS, disk_mb: float | None = DEFAULT_DISK_MB,
+                 dtype: torch.dtype = torch.float32):
         self.model = model
         self.crop_context = crop_context  # run the text tower only up to the longest prompt
         self.tokenizer = tokenizer
@@ -261,6 +262,11 @@ class TextBank:
         self.weights_id = weights_id
         self.batch_size = batch_size
         tkey = hashlib.sha256(json.dumps(self.templates).encode()).hexdigest()[:16]
+        # the text tower's precision (core.precision); a reduced one has its own cache folder, so
+        # float32 and bf16 embeddings never mix (float32 keeps the folder it always had)
+        self.dtype = dtype
+        if dtype != torch.float32:
+            tkey += "-" + str(dtype).removeprefix("torch.")
         base = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
         self.cache_dir = base / weights_id / tkey if use_cache else None
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # LRU order, newest last
@@ -363,7 +369,12 @@ class TextBank:
             if self.interrupt is not None:
                 self.interrupt()
             tokens = self.tokenizer(prompts[i : i + self.batch_size]).to(device)
-            feats = F.normalize(self.model.encode_text(tokens, crop=self.crop_context).float(), dim=-1).cpu()
+            if self.dtype == torch.float32:
+                feats = self.model.encode_text(tokens, crop=self.crop_context)
+            else:
+                with torch.autocast(device_type=device.type, dtype=self.dtype):
+                    feats = self.model.encode_text(tokens, crop=self.crop_context)
+            feats = F.normalize(feats.float(), dim=-1).cpu()
             rows = torch.cat([rows, feats]) if rows.numel() else feats
             n = rows.shape[0] // n_templates
             if n:
