@@ -67,7 +67,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return 0
     seg = Segmenter(args.method, backbone=args.backbone, weights=args.weights, preset=args.preset,
                     device=args.device, overrides=parse_overrides(args.set), tokenizer=args.tokenizer,
-                    cache_dir=args.cache_dir, dino=args.dino)
+                    cache_dir=args.cache_dir, dino=args.dino, dtype=args.dtype)
     if spec is None:
         spec = seg.preset_class_spec()
         if args.background:
@@ -132,7 +132,7 @@ def _eval_one(args: argparse.Namespace, method_name: str, dataset, out: Path):
     overrides = {**getattr(dataset, "default_overrides", {}), **parse_overrides(args.set)}
     seg = Segmenter(method, backbone=args.backbone, weights=args.weights, preset=preset, device=args.device,
                     overrides=overrides, tokenizer=args.tokenizer, cache_dir=args.cache_dir,
-                    dino=_dino_for(args, method))
+                    dino=_dino_for(args, method), dtype=args.dtype)
     classes, background = None, bool(getattr(dataset, "background", False))
     if args.classes_file:
         classes = Path(args.classes_file)
@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--save", default="index,overlay,json", help="comma-separated: index, overlay, json")
     s.add_argument("--device", default="auto")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                   help="inference precision of the towers and head (default float32; see ovss.core.precision)")
     s.add_argument("--cache-dir", help="weights cache (default: the Hugging Face hub cache)")
     s.add_argument("--overwrite", action="store_true", help="redo images already done")
     s.add_argument("--quiet", action="store_true")
@@ -335,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--synthetic-n", type=int, default=200, help="images to write for a missing synthetic split")
     e.add_argument("--save-predictions", action="store_true")
     e.add_argument("--device", default="auto")
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                   help="inference precision of the towers and head (default float32; see ovss.core.precision)")
     e.add_argument("--cache-dir")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
