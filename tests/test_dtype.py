@@ -92,3 +92,22 @@ def test_attention_taps_stay_float32_under_bf16():
     attn = out.taps["a"]
     assert attn.dtype == torch.float32
     torch.testing.assert_close(attn.sum(-1), torch.ones_like(attn.sum(-1)), atol=1e-5, rtol=0)
+
+
+def test_cli_segment_takes_dtype(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    img = tmp_path / "a.png"
+    Image.fromarray(make_scene(SEED_BASE["val"]).image).save(img)
+    outs = {}
+    for dt in ("float32", "bfloat16"):
+        r = subprocess.run([sys.executable, "-m", "ovss", "segment", str(img), "--classes", ", ".join(CLASSES),
+                            "--method", "naclip", "--backbone", "tiny-synthetic", "--device", "cpu",
+                            "--dtype", dt, "--out", str(tmp_path / dt), "--save", "index", "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs[dt] = np.asarray(Image.open(tmp_path / dt / "a.png"))
+    assert (outs["float32"] == outs["bfloat16"]).mean() >= 0.99
