@@ -79,12 +79,16 @@ PUBLISHED_TEMPLATES = {  # set -> (count, sha256, {index: exact string})
                     84: "this is one {} in the scene."}),
     "single": (1, "e8e367e769f86c27d7507382b76c671667da9fa8ae030159a57681a812b0fa33", {0: "a photo of a {}."}),
     "plain": (1, "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", {0: "{}"}),
+    # aimagelab/freeda datasets/templates.py:99-107 `sub_imagenet_template` (registered by methods/freeda.py)
+    "freeda7": (7, "35c557b8c9d0bfab334b4dc43c719248a8d6f5016cd912158a6d71b9862f195c",
+                {0: "itap of a {}.", 3: "a photo of the large {}.", 6: "a photo of the small {}."}),
 }
 
 
 def test_template_sets_are_the_published_lists():
     import hashlib
 
+    import ovss.methods  # noqa: F401  (methods may register their own sets)
     from ovss.text.bank import TEMPLATE_SETS
 
     assert set(TEMPLATE_SETS) == set(PUBLISHED_TEMPLATES)  # a new set gets its published hash here
