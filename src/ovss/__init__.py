@@ -38,7 +38,8 @@ def load(method: str = "maskclip", backbone: str = "clip-vit-b16", weights: Any 
         preset: a method preset (published per-benchmark settings), e.g. "voc21".
         device: "auto" (CUDA, then MPS, then CPU), or any torch device string.
         **kwargs: `overrides={"protocol.crop": 0, ...}`, `tokenizer=path`, `cache_dir=...`,
-            `text_cache_dir=...`, `act="gelu"`; see `Segmenter`.
+            `text_cache_dir=...`, `act="gelu"`, `max_pixels=N` (image pixel limit, default 100
+            megapixels, 0 for none); see `Segmenter`.
     """
     from .core.segmenter import Segmenter
 

@@ -78,6 +78,8 @@ class Segmenter:
             head settings.
         clip: an already loaded model (`Segmenter.clip` of another Segmenter) to share between
             methods without loading it twice.
+        max_pixels: refuse larger images (a file: from its header, before decoding); None: the
+            default limit (`ovss.data.io.DEFAULT_MAX_PIXELS`, 100 megapixels), 0: no limit.
     """
 
     def __init__(self, method: str | MethodSpec = "maskclip", backbone: str = "clip-vit-b16",
@@ -85,7 +87,9 @@ class Segmenter:
                  device: str | torch.device = "auto", overrides: Mapping[str, Any] | None = None,
                  tokenizer: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  text_cache_dir: str | os.PathLike | None = None, act: str | None = None,
-                 clip: LoadedClip | None = None, dino: str | os.PathLike | None = None):
+                 clip: LoadedClip | None = None, dino: str | os.PathLike | None = None,
+                 max_pixels: int | None = None):
+        self.max_pixels = max_pixels  # image pixel limit (ovss.data.io.read_image): None default, 0 none
         self.method = get_method(method) if isinstance(method, str) else method
         self.preset = preset
         self.recipe: Recipe = self.method.resolve(preset, overrides)
@@ -156,13 +160,15 @@ class Segmenter:
         """An image (path, PIL, uint8 or float array on the 0-255 scale, tensor) -> its `ImageState`:
         the normalised network input at the protocol's size and the output size. `size`: the
         original (H, W) when `image` was already resized (the label map comes back at `size`)."""
-        from ..data.io import read_image
+        from ..data.io import check_pixels, read_image
 
         if isinstance(image, ImageState):
             return image
         rgb = _as_float_image(image)
         if rgb is None:
-            rgb = read_image(image)
+            rgb = read_image(image, max_pixels=self.max_pixels)
+        else:
+            check_pixels(rgb.shape[1], rgb.shape[0], self.max_pixels, "float array")
         mean, std = self.normalization
         x = preprocess(rgb, self.recipe.protocol, self.device, mean, std)
         out_size = tuple(size) if size is not None else tuple(rgb.shape[:2])

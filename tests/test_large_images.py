@@ -1,0 +1,121 @@
+"""Large images: `preprocess` resizes a large uint8 image without a full-size float copy, bit for bit
+as before, and the API refuses images over its pixel limit."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovss.core import protocol as P
+from ovss.core.protocol import CLIP_MEAN, CLIP_STD, Protocol, preprocess
+
+
+def old_preprocess(image, prot, mean, std):
+    """The one-shot preprocess as it was before the banded resize (the reference for exactness)."""
+    h, w = image.shape[:2]
+    quantised = not np.issubdtype(image.dtype, np.floating)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    nh, nw = P.resized_size(h, w, prot.short_side, prot.long_cap)
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+        if quantised:
+            x = x.round_().clamp_(0, 255)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+@pytest.fixture
+def banded_everywhere(monkeypatch):
+    """Band every image (not only large ones) and count the banded resizes."""
+    monkeypatch.setattr(P, "_BANDED_MIN_BYTES", 0)
+    calls = []
+    real = P._resize_uint8_banded
+
+    def spy(image, nh, nw, band_bytes=None):
+        calls.append((image.shape, nh, nw))
+        return real(image, nh, nw, band_bytes=band_bytes or 3 * 4 * image.shape[1] * 7)  # 7-row bands
+
+    monkeypatch.setattr(P, "_resize_uint8_banded", spy)
+    return calls
+
+
+@pytest.mark.parametrize("threads", [2, 1])
+def test_banded_equals_one_shot_on_random_sizes(banded_everywhere, threads):
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(threads)
+        for k in range(14):
+            h, w = (int(v) for v in rng.integers(60, 700, size=2))
+            short = [None, 32, 64, 96, 224, 336, 448][int(rng.integers(7))] if k else 96
+            prot = Protocol(short_side=short, long_cap=int(rng.choice([2048, 512, 300])))
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            mean, std = (CLIP_MEAN, CLIP_STD) if k % 2 else ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+            new = preprocess(img, prot, "cpu", mean, std)
+            ref = old_preprocess(img, prot, mean, std)
+            assert new.shape == ref.shape and new.stride() == ref.stride(), (h, w, prot)
+            assert torch.equal(new, ref), (h, w, prot, threads)
+            # the quantised network input, as uint8, is identical too
+            q = lambda x: (x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).round()
+            assert torch.equal(q(new), q(ref))
+    finally:
+        torch.set_num_threads(old_threads)
+    if threads > 1:
+        assert len(banded_everywhere) >= 8  # the banded path really ran (downscales, outputs over 128 px)
+    else:
+        assert banded_everywhere == []  # one torch thread: torch's other kernel, so the one-shot path
+
+
+def test_float_and_small_images_keep_the_one_shot_path():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    f = img.astype(np.float32)
+    prot = Protocol(short_side=224, mean=CLIP_MEAN, std=CLIP_STD)
+    assert torch.equal(preprocess(img, prot), old_preprocess(img, prot, CLIP_MEAN, CLIP_STD))
+    assert torch.equal(preprocess(f, prot), old_preprocess(f, prot, CLIP_MEAN, CLIP_STD))
+    keep = Protocol(short_side=None, mean=CLIP_MEAN, std=CLIP_STD)
+    before = f.copy()
+    assert torch.equal(preprocess(f, keep), old_preprocess(f, keep, CLIP_MEAN, CLIP_STD))
+    np.testing.assert_array_equal(f, before)  # a float input is never normalised in place
+
+
+def test_large_image_has_no_full_size_float_copy():
+    """Peak RSS of preprocess on a 4000x3000 uint8 image (a 144 MB float copy before) stays small."""
+    code = textwrap.dedent("""
+        import resource, numpy as np, torch
+        from ovss.core.protocol import preprocess, Protocol, CLIP_MEAN, CLIP_STD
+        torch.set_num_threads(2)
+        img = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+        prot = Protocol(short_side=336, mean=CLIP_MEAN, std=CLIP_STD)
+        preprocess(img[:400, :500], prot)  # warm up torch's allocator and kernels
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        x = preprocess(img, prot)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    grew_mb = int(r.stdout.split()[-1])
+    assert grew_mb < 60, f"preprocess grew the peak RSS by {grew_mb} MB (a full float copy is 144 MB)"
+
+
+def test_api_pixel_limit(tmp_path):
+    import ovss
+    from ovss.data.io import ImageTooLarge
+    from PIL import Image
+
+    p = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(p)
+    seg = ovss.load("maskclip", backbone="tiny-synthetic", device="cpu", max_pixels=10_000)
+    with pytest.raises(ImageTooLarge, match=r"wide.png is 200x100 = 20,000 pixels, over the limit of 10,000"):
+        seg(p, ["sky", "grass"])
+    with pytest.raises(ImageTooLarge, match="float array"):
+        seg(np.zeros((100, 200, 3), np.float32), ["sky", "grass"])
+    seg.max_pixels = 0  # no limit
+    assert seg(p, ["sky", "grass"]).labels.shape == (100, 200)
