@@ -119,3 +119,65 @@ def test_api_pixel_limit(tmp_path):
         seg(np.zeros((100, 200, 3), np.float32), ["sky", "grass"])
     seg.max_pixels = 0  # no limit
     assert seg(p, ["sky", "grass"]).labels.shape == (100, 200)
+
+
+def old_overlay(img, lab, pal, alpha=0.5, ignore_index=None, boundaries=True):
+    """The one-shot overlay as it was before banding (the reference for equality)."""
+    from ovss.core.viz import BOUNDARY_COLOUR
+
+    lab = lab.astype(np.int64)
+    valid = np.ones(lab.shape, bool) if ignore_index is None else lab != ignore_index
+    colour = pal[np.where(valid, lab, 0)].astype(np.float32)
+    blended = np.round((1.0 - alpha) * img.astype(np.float32) + alpha * colour).astype(np.uint8)
+    out = np.where(valid[:, :, None], blended, img)
+    if boundaries:
+        edge = np.zeros(lab.shape, bool)
+        edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+        edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+        out[edge & valid] = BOUNDARY_COLOUR
+    return out
+
+
+@pytest.mark.parametrize("ignore_index", [None, 3])
+def test_banded_overlay_equals_one_shot(monkeypatch, ignore_index):
+    from ovss.core import viz
+
+    monkeypatch.setattr(viz, "_BAND_PIXELS", 7 * 53)  # bands of 7 rows
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (61, 53, 3), dtype=np.uint8)
+    lab = (rng.random((61, 53)) * 4).astype(np.int32)
+    lab[20:40, 10:30] = 2  # some regions, so boundaries cross band edges
+    pal = rng.integers(0, 256, (4, 3), dtype=np.uint8)
+    for alpha in (0.5, 0.3):
+        np.testing.assert_array_equal(viz.overlay(img, lab, pal, alpha, ignore_index),
+                                      old_overlay(img, lab, pal, alpha, ignore_index))
+    leg = viz.overlay_with_legend(img, lab, ["a", "b", "c", "d"], pal, ignore_index=ignore_index)
+    np.testing.assert_array_equal(np.asarray(leg)[:, :53], old_overlay(img, lab, pal, 0.5, ignore_index))
+
+
+def test_overlay_and_areas_allocate_no_full_size_temporaries():
+    """The overlay of a 3000x2000 image allocates its output (18 MB) and small bands: before, it
+    made int64 and float32 copies of the whole image (over 300 MB). `Result.areas` likewise counts
+    without an int64 copy of the label map."""
+    import tracemalloc
+
+    from ovss.core import viz
+    from ovss.core.result import Result
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (2000, 3000, 3), dtype=np.uint8)
+    lab = (rng.random((2000, 3000)) * 5).astype(np.int32)
+    pal = viz.palette_for(list("abcde"))
+    tracemalloc.start()
+    try:
+        viz.overlay(img, lab, pal)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        areas = Result(labels=lab, scores=np.zeros((5, 2, 2), np.float32), class_names=list("abcde"),
+                       palette=pal).areas()
+        _, peak_areas = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * img.nbytes, f"overlay peak {peak / 1e6:.1f} MB for a {img.nbytes / 1e6:.1f} MB image"
+    assert peak_areas < 0.6 * lab.nbytes, f"areas peak {peak_areas / 1e6:.1f} MB"
+    assert abs(sum(areas.values()) - 1) < 1e-9

@@ -118,23 +118,36 @@ def _resize_uint8_banded(image: np.ndarray, nh: int, nw: int, band_bytes: int | 
 
     That kernel computes each output pixel as t0 * h0 + t1 * h1, where t0 and t1 are the two source
     rows already interpolated along the width (v[x0] * w0 + v[x1] * w1), every product and sum
-    rounded to float32. So the width pass runs first, over bands of source rows (each converted to
-    float on its own; the height is kept, so its weights are exactly 1 and 0), giving an (H, nw)
-    float image; the height pass then runs on that (the width kept: weights 1 and 0). Both passes
-    are torch's own kernel, with torch's own indices and weights, so nothing is re-derived here.
-    `_two_pass_is_exact` checks the premise (torch picks another kernel for tiny outputs and for a
-    single thread).
+    rounded to float32. So the width pass runs first, on the source rows the height pass will read
+    (converted to float a band at a time; the height is kept, so its weights are exactly 1 and 0),
+    into an (H, nw) float image whose other rows stay 0; the height pass then runs on that (the width
+    kept: weights 1 and 0). Both passes are torch's own kernel, with torch's own indices and weights,
+    so nothing of its arithmetic is re-derived here. `_two_pass_is_exact` checks the premise (torch
+    picks another kernel for tiny outputs and for a single thread).
     """
     h, w = image.shape[:2]
     src = torch.from_numpy(np.ascontiguousarray(image))  # (h, w, 3) uint8, shared with the array
-    rows = max(1, (band_bytes or _BAND_BYTES) // (w * 3 * 4))
     # (1, 3, h, nw) built exactly as the one-shot input is (HWC memory, permuted, a batch dim added),
     # so torch gives the output the same memory layout (and picks its kernel the same way)
-    wide = torch.empty((h, nw, 3), dtype=torch.float32).permute(2, 0, 1)[None]
-    for y in range(0, h, rows):
-        band = src[y : y + rows].permute(2, 0, 1)[None].float()
-        wide[:, :, y : y + band.shape[2]] = _bilinear(band, (band.shape[2], nw))
+    wide = torch.zeros((h, nw, 3), dtype=torch.float32).permute(2, 0, 1)[None]
+    need = _rows_read(h, nh)
+    rows = max(1, (band_bytes or _BAND_BYTES) // (w * 3 * 4))
+    for k in range(0, len(need), rows):
+        r = need[k : k + rows]
+        band = src.index_select(0, r).permute(2, 0, 1)[None].float()
+        wide[:, :, r] = _bilinear(band, (len(r), nw))
     return _bilinear(wide, (nh, nw))
+
+
+def _rows_read(h: int, nh: int) -> torch.Tensor:
+    """Every source row the height pass of an h -> nh bilinear resize can read, with a margin: torch
+    reads rows y0 = floor(s), y0 + 1 at s = max(h / nh * (i + 0.5) - 0.5, 0) in float32, which is
+    within a few hundredths of this float64 s, so floor(s) - 1 .. floor(s) + 2 holds both. Rows
+    outside are never read (and stay 0), so converting only these is exact."""
+    s = np.maximum(h / nh * (np.arange(nh) + 0.5) - 0.5, 0.0)
+    f = np.floor(s).astype(np.int64)
+    rows = np.unique(np.clip(np.concatenate([f - 1, f, f + 1, f + 2]), 0, h - 1))
+    return torch.from_numpy(rows)
 
 
 @lru_cache(maxsize=256)

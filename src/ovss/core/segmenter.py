@@ -35,6 +35,9 @@ from .trace import record, tracing
 # float32); larger images are upsampled and decided in bands of rows, so memory stays bounded
 # by the network-resolution logits plus one band.
 FULL_SIZE_BUDGET = 1 << 26
+# Elements of one band of upsampled logits (4 MB in float32): with its softmax and argmax
+# temporaries it stays a few tens of MB, small next to the image and its label map.
+BAND_ELEMENTS = 1 << 20
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -340,7 +343,7 @@ class Segmenter:
         from .viz import palette_for
 
         return Result(
-            labels=labels.astype(np.int32),
+            labels=labels.astype(np.int32, copy=False),
             scores=probs,
             class_names=names,
             palette=palette_for(names),
@@ -382,7 +385,7 @@ class Segmenter:
     def _decide_banded(self, low, size, spec, dd):
         d = self.recipe.decision
         q2c, nc = spec.query_to_class, len(spec)
-        rows = max(1, FULL_SIZE_BUDGET // (low.shape[0] * size[1] * 4))
+        rows = max(1, min(FULL_SIZE_BUDGET // 4, BAND_ELEMENTS) // (low.shape[0] * size[1]))
         keep = None
         if dd.area_thd is not None:  # the area rule needs global counts: a first pass
             counts = torch.zeros(nc, device=low.device)
@@ -391,8 +394,9 @@ class Segmenter:
                 counts += torch.bincount(p.argmax(0).flatten(), minlength=nc)
             area = counts[1:]
             keep = (area > dd.area_thd * area.sum()).float()
-        labels = np.zeros(size, dtype=np.int64)
-        assigned = np.zeros(size, dtype=bool)
+        labels = np.zeros(size, dtype=np.int32)  # the result's dtype: no full-size int64 map, no copy later
+        # without a threshold every pixel passes: a read-only view instead of a full-size mask
+        assigned = np.zeros(size, dtype=bool) if d.prob_thd > 0 else np.broadcast_to(np.True_, size)
         sums = np.zeros(nc)
         cnts = np.zeros(nc)
         for r0, r1, band in upsample_rows(low, size, rows):
@@ -403,7 +407,8 @@ class Segmenter:
             best = p.amax(0)
             lab[best < dd.prob_thd] = 0
             labels[r0:r1] = lab.cpu().numpy()
-            assigned[r0:r1] = (best >= d.prob_thd).cpu().numpy()
+            if d.prob_thd > 0:
+                assigned[r0:r1] = (best >= d.prob_thd).cpu().numpy()
             sel = p.gather(0, lab[None])[0]
             sums += torch.zeros(nc, dtype=torch.float64).index_add_(0, lab.flatten().cpu(), sel.flatten().double().cpu()).numpy()
             cnts += np.bincount(lab.flatten().cpu().numpy(), minlength=nc)
