@@ -130,18 +130,35 @@ _MAGIC = (
 )
 
 
-def _sniff(path: Path) -> str:
+# Signatures of the accepted formats: a file that starts like one but does not open is damaged.
+_ACCEPTED_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+
+
+def _head(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            return f.read(16)
     except OSError:
-        return ""
+        return b""
+
+
+def _sniff(head: bytes) -> str:
     if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypavif", b"ftypmif1"):
         return " (it looks like HEIC/AVIF)"
     for magic, what in _MAGIC:
         if head.startswith(magic):
             return f" (it looks like {what})"
     return ""
+
+
+def _damaged(head: bytes) -> str | None:
+    """The accepted format a file claims to be by its first bytes, if any."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((what for magic, what in _ACCEPTED_MAGIC if head.startswith(magic)), None)
 
 
 def _read_file(path: Path, max_pixels: int | None = None) -> np.ndarray:
@@ -153,7 +170,12 @@ def _read_file(path: Path, max_pixels: int | None = None) -> np.ndarray:
     try:
         im = Image.open(path, formats=DECODE_FORMATS)
     except Image.UnidentifiedImageError as e:
-        raise ImageError(f"cannot read image {path}: not a {_FORMAT_NAMES} file{_sniff(path)}; "
+        head = _head(path)
+        claimed = _damaged(head)
+        if claimed:
+            raise ImageError(f"cannot read image {path}: a damaged {claimed} file (it starts like one, but its "
+                             "header does not parse)") from e
+        raise ImageError(f"cannot read image {path}: not a {_FORMAT_NAMES} file{_sniff(head)}; "
                          "other formats are not decoded (convert the file to PNG first)") from e
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"cannot read image {path}: {e}") from e
