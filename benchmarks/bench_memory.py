@@ -80,6 +80,9 @@ def make_image(path: Path, h: int, w: int) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--make-image"]:
+        make_image(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="8000x6000,1000x750", help="WIDTHxHEIGHT,... (the first is the large one)")
     ap.add_argument("--method", default="maskclip")
@@ -92,7 +95,8 @@ def main() -> None:
         for size in args.sizes.split(","):
             w, h = (int(v) for v in size.lower().split("x"))
             path = Path(tmp) / f"{w}x{h}.jpg"
-            make_image(path, h, w)
+            # made in a child process: a forked child's ru_maxrss starts from this process's size
+            subprocess.run([sys.executable, __file__, "--make-image", str(path), str(h), str(w)], check=True)
             r = subprocess.run([sys.executable, "-c", CHILD, str(path), args.method, args.backbone,
                                 str(args.threads)], capture_output=True, text=True, check=False)
             if r.returncode != 0:
