@@ -114,22 +114,23 @@ def main() -> None:
             rows.append(row)
     big, small = rows[0], rows[-1]
     ratio = big["peak_mb"] / small["peak_mb"]
+    cpu = platform.processor() or platform.machine()
     lines = [
-        f"Peak resident memory of `ovss.load({args.method!r}, backbone={args.backbone!r})(image.jpg, 7 classes)`, "
-        f"one fresh process per image, {args.threads} torch threads, CPU ({platform.processor() or platform.machine()}).",
+        (f"Peak resident memory of `ovss.load({args.method!r}, backbone={args.backbone!r})(image.jpg, 7 classes)`, "
+         f"one fresh process per image, {args.threads} torch threads, CPU ({cpu})."),
         "",
-        f"Command: `python benchmarks/bench_memory.py --sizes {args.sizes} --method {args.method} "
-        f"--backbone {args.backbone} --threads {args.threads}`",
+        (f"Command: `python benchmarks/bench_memory.py --sizes {args.sizes} --method {args.method} "
+         f"--backbone {args.backbone} --threads {args.threads}`"),
         "",
-        "| image | megapixels | API: RSS before the call (MB) | API: peak RSS during the call (MB) | API: seconds "
-        "| CLI: process peak RSS (MB) |",
+        ("| image | megapixels | API: RSS before the call (MB) | API: peak RSS during the call (MB) | API: seconds "
+         "| CLI: process peak RSS (MB) |"),
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['size']} | {r['megapixels']:.2f} | {r['before_mb']:.0f} | {r['peak_mb']:.0f} | "
                      f"{r['seconds']:.2f} | {r['cli_peak_mb']:.0f} |")
-    lines += ["", f"API: peak of {big['size']} / peak of {small['size']}: **{ratio:.2f}x** (target: within 2x); "
-              f"CLI: {big['cli_peak_mb'] / small['cli_peak_mb']:.2f}x."]
+    lines += ["", (f"API: peak of {big['size']} / peak of {small['size']}: **{ratio:.2f}x** (target: within 2x); "
+                   f"CLI: {big['cli_peak_mb'] / small['cli_peak_mb']:.2f}x.")]
     table = "\n".join(lines) + "\n"
     print(table)
     out = Path(__file__).parent / "results"

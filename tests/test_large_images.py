@@ -60,10 +60,8 @@ def test_banded_equals_one_shot_on_random_sizes(banded_everywhere, threads):
             new = preprocess(img, prot, "cpu", mean, std)
             ref = old_preprocess(img, prot, mean, std)
             assert new.shape == ref.shape and new.stride() == ref.stride(), (h, w, prot)
+            # bit for bit: so the rounded (uint8-valued) resize under the normalisation is identical too
             assert torch.equal(new, ref), (h, w, prot, threads)
-            # the quantised network input, as uint8, is identical too
-            q = lambda x: (x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).round()
-            assert torch.equal(q(new), q(ref))
     finally:
         torch.set_num_threads(old_threads)
     if threads > 1:
@@ -99,16 +97,18 @@ def test_large_image_has_no_full_size_float_copy():
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                       check=False)
     assert r.returncode == 0, r.stderr
     grew_mb = int(r.stdout.split()[-1])
     assert grew_mb < 60, f"preprocess grew the peak RSS by {grew_mb} MB (a full float copy is 144 MB)"
 
 
 def test_api_pixel_limit(tmp_path):
+    from PIL import Image
+
     import ovss
     from ovss.data.io import ImageTooLarge
-    from PIL import Image
 
     p = tmp_path / "wide.png"
     Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(p)

@@ -141,8 +141,9 @@ def test_interrupted_split_is_partial_then_finished(tmp_path, monkeypatch):
 
 
 def test_split_of_another_size_is_rebuilt_not_mixed(tmp_path):
-    from ovss.data import ensure_synthetic
     from PIL import Image
+
+    from ovss.data import ensure_synthetic
 
     root = ensure_synthetic(tmp_path / "s", n=3, size=32)
     ensure_synthetic(root, n=4, size=40)
