@@ -229,7 +229,7 @@ def test_segment_redoes_images_made_with_other_settings(cli, tiny_clip_dir, imag
     assert meta["method"] == "dense-clip" and meta["recipe"]["protocol"]["crop"] == 0
 
 
-def test_errors_before_any_work(cli, tmp_path):
+def test_errors_before_any_work(cli, tmp_path, monkeypatch):
     """An unusable --out, or a class file that is not UTF-8, is a clear error before the model is
     looked at (the backbone here does not even exist) and before any image is read."""
     img = tmp_path / "x.png"
@@ -241,12 +241,19 @@ def test_errors_before_any_work(cli, tmp_path):
         r = cli("segment", img, "--classes", "cat", "--backbone", nowhere, "--out", out)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert str(out) in r.stderr
-    if os.geteuid() != 0:  # root writes into read-only folders
-        ro = tmp_path / "ro"
-        ro.mkdir()
-        ro.chmod(0o555)
-        r = cli("segment", img, "--classes", "cat", "--backbone", nowhere, "--out", ro)
-        assert r.returncode == 2 and "is not writable" in r.stderr
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root writes into read-only folders: make the write test fail as it would
+        import tempfile
+
+        def refuse(*a, **k):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    r = cli("segment", img, "--classes", "cat", "--backbone", nowhere, "--out", ro)
+    assert r.returncode == 2 and f"--out {ro} is not writable (Permission denied)" in r.stderr
+    monkeypatch.undo()
     cls = tmp_path / "klassen.txt"
     cls.write_bytes("katze\nk\xe4fer\n".encode("latin-1"))
     r = cli("segment", img, "--classes-file", cls, "--backbone", nowhere, "--out", tmp_path / "o")
