@@ -18,6 +18,23 @@ def ovss(*args, env=None, cwd=None):
 
 
 @pytest.fixture
+def cli(capsys):
+    """`ovss ...` in this process (the same `main` the command runs; no interpreter start-up)."""
+    from ovss.apps.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse: --help, usage errors
+            rc = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+    return run
+
+
+@pytest.fixture
 def image_folder(tmp_path):
     d = tmp_path / "imgs"
     d.mkdir()
@@ -89,7 +106,9 @@ def test_segment_missing_and_corrupt_input(tiny_clip_dir, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     r = ovss("segment", bad, "--classes", "cat", "--backbone", w, "--out", tmp_path / "o")
-    assert r.returncode == 2 and "bad.png" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "bad.png" in r.stderr and "damaged PNG" in r.stderr and "Traceback" not in r.stderr
+    failed = json.loads((tmp_path / "o" / "failures.json").read_text())["images"]
+    assert [Path(f["image"]).name for f in failed] == ["bad.png"]
 
 
 def test_methods_lists_presets_with_sources():
@@ -130,3 +149,121 @@ def test_download_offline_says_how(tmp_path):
              env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert r.returncode == 2
     assert "openai/clip-vit-base-patch16" in r.stderr and "ovss download" in r.stderr
+
+
+def _img(path, h, w, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def _cut_qoi(path):
+    """A QOI file cut short (Pillow's decoder raises a bare IndexError on it), whatever its name."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(1).integers(0, 4, (50, 60, 3)) * 60).astype(np.uint8)).save(buf, "QOI")
+    path.write_bytes(buf.getvalue()[:22])
+
+
+def test_segment_colliding_names_failures_and_retry(cli, tiny_clip_dir, tmp_path):
+    """dirA/img.png and dirB/img.png (and a.png, a.jpg, a_png.jpg) each get their own results; bad
+    files are listed with reasons and skipped, the rest is done, and a re-run retries only them."""
+    a, b = tmp_path / "dirA", tmp_path / "dirB"
+    _img(a / "img.png", 30, 40, 1)
+    _img(b / "img.png", 50, 20, 2)
+    _img(a / "a.png", 31, 41, 3)
+    _img(a / "a.jpg", 32, 42, 4)
+    _img(a / "a_png.jpg", 33, 43, 5)
+    _img(a / "big.png", 150, 200, 6)  # 30000 pixels: over --max-pixels 20000
+    (a / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    if "QOI" in Image.SAVE:
+        _cut_qoi(b / "cut.jpg")
+    else:
+        (b / "cut.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 40)
+    out = tmp_path / "out"
+    args = ["segment", a, b, "--classes", "cat, dog", "--backbone", tiny_clip_dir / "model.safetensors",
+            "--out", out, "--device", "cpu"]
+    r = cli(*args, "--max-pixels", "20000")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    sizes = {}
+    for name in ["dirA/img", "dirB/img", "dirA/a.png", "dirA/a.jpg", "dirA/a_png"]:
+        meta = json.loads((out / f"{name}.json").read_text())
+        sizes[name] = tuple(meta["image_size"])
+        assert Image.open(out / f"{name}.png").size == sizes[name][::-1]
+        assert (out / f"{name}_overlay.png").exists()
+    assert sizes == {"dirA/img": (30, 40), "dirB/img": (50, 20), "dirA/a.png": (31, 41), "dirA/a.jpg": (32, 42),
+                     "dirA/a_png": (33, 43)}
+    assert json.loads((out / "dirA/a.png.json").read_text())["image"].endswith("a.png")
+    failed = json.loads((out / "failures.json").read_text())
+    reasons = {Path(f["image"]).name: f["error"] for f in failed["images"]}
+    assert set(reasons) == {"big.png", "broken.png", "cut.jpg"} and failed["of"] == 8
+    assert "over the limit of 20,000" in reasons["big.png"] and "broken.png" in reasons["broken.png"]
+    assert "cut.jpg" in reasons["cut.jpg"]
+    assert "wrote 5 image(s)" in r.stdout and "3 failed" in r.stdout
+    # the bad files fixed, the limit lifted: only they are (re)done
+    _img(a / "broken.png", 20, 20, 7)
+    _img(b / "cut.jpg", 21, 21, 8)
+    before = (out / "dirA/img.png").stat().st_mtime_ns
+    r = cli(*args, "--max-pixels", "0")
+    assert r.returncode == 0, r.stderr
+    assert "wrote 3 image(s)" in r.stdout and "skipped 5" in r.stdout
+    assert not (out / "failures.json").exists()
+    assert (out / "dirA/img.png").stat().st_mtime_ns == before
+    assert json.loads((out / "dirB/cut.json").read_text())["image_size"] == [21, 21]
+
+
+def test_segment_redoes_images_made_with_other_settings(cli, tiny_clip_dir, image_folder, tmp_path):
+    out = tmp_path / "out"
+    args = [image_folder / "a.jpg", "--classes", "cat, dog", "--backbone", tiny_clip_dir / "model.safetensors",
+            "--out", out, "--device", "cpu"]
+    r = cli("segment", *args)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "a.json").read_text())["method"] == "maskclip"
+    r = cli("segment", *args, "--method", "dense-clip", "--set", "protocol.crop=0")
+    assert r.returncode == 0, r.stderr
+    assert "already done" not in r.stdout and "redid 1" in r.stdout
+    assert 'redoing a: made with other settings: method "maskclip" -> "dense-clip", set {} -> {"protocol.crop": 0}' \
+        in r.stderr
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["method"] == "dense-clip" and meta["recipe"]["protocol"]["crop"] == 0
+
+
+def test_errors_before_any_work(cli, tmp_path, monkeypatch):
+    """An unusable --out, or a class file that is not UTF-8, is a clear error before the model is
+    looked at (the backbone here does not even exist) and before any image is read."""
+    img = tmp_path / "x.png"
+    _img(img, 8, 8)
+    nowhere = tmp_path / "no" / "model.safetensors"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, message in [(afile, "is a file, not a folder"), (afile / "sub", "a part of that path is a file")]:
+        r = cli("segment", img, "--classes", "cat", "--backbone", nowhere, "--out", out)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert str(out) in r.stderr
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root writes into read-only folders: make the write test fail as it would
+        import tempfile
+
+        def refuse(*a, **k):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    r = cli("segment", img, "--classes", "cat", "--backbone", nowhere, "--out", ro)
+    assert r.returncode == 2 and f"--out {ro} is not writable (Permission denied)" in r.stderr
+    monkeypatch.undo()
+    cls = tmp_path / "klassen.txt"
+    cls.write_bytes("katze\nk\xe4fer\n".encode("latin-1"))
+    r = cli("segment", img, "--classes-file", cls, "--backbone", nowhere, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "klassen.txt is not UTF-8 text: byte 0xe4 on line 2" in r.stderr
+    r = cli("eval", "--dataset", "synthetic-scenes", "--root", tmp_path / "s", "--backbone", nowhere,
+             "--out", afile)
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr and not (tmp_path / "s").exists()
+
+
+def test_segment_help_states_the_naming_rule(cli):
+    r = cli("segment", "--help")
+    assert "dirA/img" in r.stdout and "a.png.png" in r.stdout and "failures.json" in r.stdout

@@ -103,3 +103,43 @@ def test_wrong_layout_names_the_missing_file(tmp_path, tiny_clip_dir):
              "--out", tmp_path / "o"])
     assert r.returncode == 2
     assert "val.txt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_interrupted_split_is_finished_and_results_go_to_ovss_results(tiny_clip_dir, tmp_path, monkeypatch,
+                                                                      capsys):
+    """A synthetic split whose generation was killed is finished by the next `ovss eval` (its
+    classes.txt no longer passes for "done"), giving the same mIoU as an uninterrupted one; and
+    without --out the results go to ovss-results/<dataset>-<method>-<backbone>/, not ./results."""
+    import ovss.data.synthetic as syn
+    from ovss.apps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def args(root, *extra):
+        return ["eval", "--dataset", "synthetic-scenes", "--root", str(root), "--synthetic-n", "5", "--method",
+                "maskclip", "--backbone", str(tiny_clip_dir / "model.safetensors"), "--device", "cpu", "--quiet",
+                *extra]
+
+    assert main(args(tmp_path / "whole")) == 0
+    default = tmp_path / "ovss-results" / "synthetic-scenes-maskclip-model" / "results.json"
+    assert default.exists() and not (tmp_path / "results").exists()
+
+    real, made = syn.make_scene, []
+
+    def killed_after_two(seed, size=96):
+        if len(made) == 2:
+            raise KeyboardInterrupt
+        made.append(seed)
+        return real(seed, size)
+
+    monkeypatch.setattr(syn, "make_scene", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic(tmp_path / "part", n=5)
+    monkeypatch.setattr(syn, "make_scene", real)
+    assert (tmp_path / "part" / "classes.txt").exists()
+    capsys.readouterr()
+    assert main(args(tmp_path / "part", "--out", str(tmp_path / "o"))) == 0
+    assert "finishing the interrupted synthetic validation split" in capsys.readouterr().out
+    whole = json.loads(default.read_text())["metrics"]
+    part = json.loads((tmp_path / "o" / "results.json").read_text())["metrics"]
+    assert part["num_images"] == 5 and part == whole

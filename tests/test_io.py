@@ -66,6 +66,129 @@ def test_unsupported_type():
         read_image(12345)
 
 
+def _qoi_bytes() -> bytes:
+    if "QOI" not in Image.SAVE:
+        pytest.skip("this Pillow cannot write QOI")
+    a = np.random.default_rng(1).integers(0, 4, (50, 60, 3), dtype=np.uint8) * 60
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="QOI")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["cut.qoi", "cut.png", "cut.jpg"])
+def test_truncated_qoi_any_extension_is_image_error(tmp_path, name):
+    """Pillow's QOI decoder raises a bare IndexError on this cut; it must be an ImageError naming the file."""
+    p = tmp_path / name
+    p.write_bytes(_qoi_bytes()[:22])
+    with pytest.raises(ImageError, match=name):
+        read_image(p)
+
+
+def test_decoder_crash_is_image_error(tmp_path, monkeypatch):
+    """Whatever a decoder raises (here an IndexError from inside load()), the caller gets an ImageError."""
+    p = tmp_path / "x.png"
+    _noise(8, 8).save(p)
+
+    def broken(self, *a, **k):
+        raise IndexError("index out of range")
+
+    monkeypatch.setattr(Image.Image, "load", broken)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", broken)
+    with pytest.raises(ImageError, match="x.png.*IndexError"):
+        read_image(p)
+
+
+_EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nnewpath 0 0 moveto showpage\n%%EOF\n"
+
+
+@pytest.mark.parametrize("name", ["drawing.eps", "innocent.png"])
+def test_eps_is_never_handed_to_ghostscript(tmp_path, monkeypatch, name):
+    from PIL import EpsImagePlugin
+
+    calls = []
+
+    def fake_gs(*a, **k):
+        calls.append(a)
+        raise OSError("Ghostscript was called")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", fake_gs)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    p = tmp_path / name
+    p.write_bytes(_EPS)
+    with pytest.raises(ImageError, match=f"{name}.*PNG, JPEG, WebP, BMP, TIFF or GIF.*PostScript"):
+        read_image(p)
+    assert calls == []
+    with Image.open(p) as lazy:  # a PIL image opened as EPS by the caller is refused too, still undecoded
+        assert lazy.format == "EPS"
+        with pytest.raises(ImageError, match="EPS"):
+            read_image(lazy)
+    assert calls == []
+
+
+@pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("BMP", "bmp"),
+                                     ("TIFF", "tif"), ("GIF", "gif")])
+def test_accepted_formats_decode(tmp_path, fmt, ext):
+    p = tmp_path / f"x.{ext}"
+    _noise(16, 24).convert("P" if fmt == "GIF" else "RGB").save(p, format=fmt)
+    _check(read_image(p), (16, 24))
+    assert list_images(tmp_path) == [p]
+
+
+def test_pixel_limit_checked_from_the_header(tmp_path, monkeypatch):
+    from ovss.data.io import DEFAULT_MAX_PIXELS, ImageTooLarge
+
+    p = tmp_path / "big.png"
+    Image.new("RGB", (3000, 2000)).save(p)
+    from PIL import ImageFile
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1) or real_load(self))
+    with pytest.raises(ImageTooLarge, match=r"big.png is 3000x2000 = 6,000,000 pixels, over the limit of 5,000,000"):
+        read_image(p, max_pixels=5_000_000)
+    assert decoded == []  # refused before decoding
+    assert read_image(p, max_pixels=6_000_000).shape == (2000, 3000, 3)
+    assert read_image(p, max_pixels=0).shape == (2000, 3000, 3)  # 0: no limit
+    assert DEFAULT_MAX_PIXELS == 100_000_000
+    with pytest.raises(ImageTooLarge, match="ndarray"):
+        read_image(np.zeros((100, 100, 3), np.uint8), max_pixels=9999)
+    with pytest.raises(ImageTooLarge, match="PIL"):
+        read_image(Image.new("RGB", (100, 100)), max_pixels=9999)
+
+
+def test_large_rgb_read_in_bands_equals_numpy(tmp_path):
+    """Reading a large RGB file makes one full-size array, not two (np.array(im) goes through a
+    full-size bytes copy first), and gives exactly np.array(im)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (2501, 1777, 3), dtype=np.uint8)
+    p = tmp_path / "wide.png"
+    Image.fromarray(a).save(p, compress_level=0)
+    tracemalloc.start()
+    try:
+        out = read_image(p)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.flags.writeable and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, a)
+    assert peak < 1.4 * a.nbytes, f"peak {peak / 1e6:.1f} MB for a {a.nbytes / 1e6:.1f} MB image"
+
+
+def test_text_reader_bom_and_encoding(tmp_path):
+    from ovss.data.io import read_text
+
+    p = tmp_path / "cls.txt"
+    p.write_bytes("\ufeffcat\nsofa\n".encode("utf-8"))
+    assert read_text(p).splitlines() == ["cat", "sofa"]
+    p.write_bytes("cat\nsofa\n".encode("utf-16"))
+    assert read_text(p).splitlines() == ["cat", "sofa"]
+    p.write_bytes("cat\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"cls.txt is not UTF-8 text: byte 0xe9 on line 2"):
+        read_text(p, "class file")
+
+
 # ------------------------------------------------------------------------------ PIL modes
 
 

@@ -39,7 +39,8 @@ def load(method: str = "maskclip", backbone: str = "clip-vit-b16", weights: Any 
         device: "auto" (CUDA, then MPS, then CPU), or any torch device string.
         **kwargs: `overrides={"protocol.crop": 0, ...}`, `tokenizer=path`, `cache_dir=...`,
             `text_cache_dir=...`, `act="gelu"`, `dtype="bfloat16"` (or "float16", "auto"; float32
-            by default); see `Segmenter`.
+            by default), `max_pixels=N` (image pixel limit, default 100 megapixels, 0 for none);
+            see `Segmenter`.
     """
     from .core.segmenter import Segmenter
 

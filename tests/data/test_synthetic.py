@@ -95,3 +95,57 @@ def test_write_split_roundtrip_and_skip(tmp_path):
     ds = FolderDataset(root)
     assert len(ds) == 4 and np.array_equal(ds.load_mask(1), make_scene(SEED_BASE["val"] + 1, 32).mask)
     assert not list(root.rglob("*.tmp"))
+
+
+class _Killed(BaseException):
+    """Stands in for Ctrl-C / kill in the middle of writing a split."""
+
+
+def _interrupt_after(monkeypatch, k):
+    import ovss.data.synthetic as syn
+
+    real, made = syn.make_scene, []
+
+    def make(seed, size=96):
+        if len(made) == k:
+            raise _Killed
+        made.append(seed)
+        return real(seed, size)
+
+    monkeypatch.setattr(syn, "make_scene", make)
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "split.json"}
+
+
+def test_interrupted_split_is_partial_then_finished(tmp_path, monkeypatch):
+    from ovss.data import create_dataset, ensure_synthetic
+    from ovss.data.synthetic import split_state
+
+    whole = ensure_synthetic(tmp_path / "whole", n=6, size=32)
+    part = tmp_path / "part"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 3)
+        with pytest.raises(_Killed):
+            ensure_synthetic(part, n=6, size=32)
+    assert (part / "classes.txt").exists() and len(list((part / "images").iterdir())) == 3
+    assert split_state(part) == "partial" and not (part / "split.json").exists()
+    with pytest.raises(ValueError, match="incomplete"):
+        create_dataset("synthetic-scenes", part)
+    ensure_synthetic(part, n=6, size=32)  # the next run finishes it
+    assert split_state(part) == "complete" and not (part / ".writing").exists()
+    assert _files(part) == _files(whole)
+    assert len(create_dataset("synthetic-scenes", part)) == 6
+
+
+def test_split_of_another_size_is_rebuilt_not_mixed(tmp_path):
+    from PIL import Image
+
+    from ovss.data import ensure_synthetic
+
+    root = ensure_synthetic(tmp_path / "s", n=3, size=32)
+    ensure_synthetic(root, n=4, size=40)
+    sizes = {Image.open(p).size for p in (root / "images").iterdir()}
+    assert sizes == {(40, 40)} and len(list((root / "images").iterdir())) == 4

@@ -6,11 +6,15 @@ import argparse
 import ast
 import fnmatch
 import json
+import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-EXIT_USER_ERROR = 2
+EXIT_SOME_FAILED = 1  # `ovss segment`: some images could not be segmented (listed in --out/failures.json)
+EXIT_USER_ERROR = 2  # bad arguments or setup: nothing (more) was done
 
 
 def _parse_value(text: str) -> Any:
@@ -31,19 +35,158 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _stems(paths: list[Path]) -> list[str]:
-    stems = [p.stem for p in paths]
-    dup = {s for s in stems if stems.count(s) > 1}
-    return [p.name.replace(".", "_") if p.stem in dup else p.stem for p in paths]
+# ------------------------------------------------------------------------------------ output folder
+
+
+def check_out_dir(out: Path, flag: str = "--out") -> Path:
+    """Create `out` if needed and prove it writable, before any work: a read-only folder or a path
+    through a file is a clear error now, not a traceback after the model has loaded."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{flag} {out}: a part of that path is a file, not a folder") from None
+    except OSError as e:
+        raise ValueError(f"{flag} {out}: cannot create the folder ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".ovss-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {out} is not writable ({e.strerror or e})") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------ segment naming
+
+NAMING_RULE = """\
+output names:
+  IMAGE.png (class indices), IMAGE_overlay.png and IMAGE.json, where IMAGE is the input's file
+  name without its extension. Inputs from more than one folder keep their folders, relative to the
+  deepest folder they share, as sub-folders of --out: `ovss segment dirA dirB` writes dirA/img.*
+  and dirB/img.*. Inputs of one folder whose outputs would clash (a.png and a.jpg; or a.jpg and
+  a_overlay.jpg, whose index PNG would be a's overlay) keep their extension in the name instead:
+  a.png.png, a.png_overlay.png, a.png.json, a.jpg.png, ...; names that differ only in case get -2,
+  -3 in sorted order. No input's results ever overwrite another's.
+
+re-runs:
+  An image is skipped when its JSON records the same settings (method, preset, backbone,
+  weights, tokenizer, --set, classes, --background) and the same input file (path, size,
+  modification time); otherwise it is redone, and the run says why.
+
+failures:
+  An image that cannot be read or segmented (corrupt, truncated, unsupported format, over
+  --max-pixels) is reported and skipped; the others go on. The failures, with reasons, are
+  listed in --out/failures.json, the exit status is 1, and a re-run retries them.
+"""
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """A unique output name (posix path under --out, no extension) per input image; see NAMING_RULE.
+
+    Deterministic for a given set of inputs, so a re-run finds its earlier results."""
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    if not absolute:
+        return []
+    parents = [str(a.parent) for a in absolute]
+    common = os.path.commonpath(parents)
+    folders = [Path(os.path.relpath(p, common)).as_posix() for p in parents]
+    names = [a.stem for a in absolute]
+    while clash := {i for i in _clashes(folders, names) if names[i] != absolute[i].name}:
+        for i in clash:  # the stem clashes: the full file name (unique in its folder, but for case)
+            names[i] = absolute[i].name
+    clash = _clashes(folders, names)
+    if clash:  # full names that differ only in case: the first keeps its name, the others get -2, -3
+        taken = {key for i in range(len(names)) if i not in clash for key in _files_of(folders[i], names[i])}
+        for i in sorted(clash, key=lambda i: (folders[i], absolute[i].name)):
+            name, k = absolute[i].name, 1
+            while taken & _files_of(folders[i], name):
+                k += 1
+                name = f"{absolute[i].name}-{k}"
+            names[i] = name
+            taken |= _files_of(folders[i], name)
+    return [n if f == "." else f"{f}/{n}" for f, n in zip(folders, names)]
+
+
+def _files_of(folder: str, name: str) -> set[tuple[str, str]]:
+    """The output files of one name, as case-folded keys (a case-insensitive disk would merge them)."""
+    return {(folder.lower(), (name + suffix).lower()) for suffix in (".png", "_overlay.png", ".json")}
+
+
+def _clashes(folders: list[str], names: list[str]) -> set[int]:
+    """Inputs whose output files (NAME.png, NAME_overlay.png, NAME.json) coincide with another's."""
+    owner: dict[tuple[str, str], int] = {}
+    clash: set[int] = set()
+    for i, (f, n) in enumerate(zip(folders, names)):
+        for key in _files_of(f, n):
+            if key in owner and owner[key] != i:
+                clash.update((i, owner[key]))
+            owner.setdefault(key, i)
+    return clash
+
+
+# ------------------------------------------------------------------------------------ segment resume
+
+
+def _source(path: Path) -> dict[str, Any]:
+    """What identifies an input image's content cheaply: its path, size and modification time."""
+    st = path.stat()
+    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _why_redo(json_path: Path, files: list[Path], run: dict[str, Any], source: dict[str, Any]) -> str | None:
+    """None when `json_path` records this run's settings and this very input (and every file asked
+    for is there): the image is done. Otherwise why it is (re)done; "" for a new image."""
+    if not json_path.exists():
+        return ""
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "its JSON sidecar is unreadable"
+    old = meta.get("run") if isinstance(meta, dict) else None
+    if not isinstance(old, dict):
+        return "made by an earlier ovss that did not record its settings"
+    if old != run:
+        changed = [k for k in sorted(set(old) | set(run)) if old.get(k) != run.get(k)]
+        return "made with other settings: " + ", ".join(
+            f"{k} {_short(old.get(k))} -> {_short(run.get(k))}" for k in changed)
+    if meta.get("source", {}).get("path") != source["path"]:
+        return f"made from another file ({meta.get('source', {}).get('path')})"
+    if meta.get("source") != source:
+        return "the image file changed since"
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    return None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _output_files(out: Path, name: str, formats: Sequence[str]) -> list[Path]:
+    files = {"index": out / f"{name}.png", "overlay": out / f"{name}_overlay.png"}
+    return [files[f] for f in formats if f in files] + [out / f"{name}.json"]
+
+
+FAILURES_FILE = "failures.json"
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..core.segmenter import Segmenter
-    from ..data.io import list_images
+    from ..data.io import ImageError, list_images, read_image, write_json
     from ..text.bank import parse_classes, read_class_file
 
+    out = check_out_dir(Path(args.out))
+    formats = tuple(f.strip() for f in args.save.split(",") if f.strip())
+    unknown = sorted(set(formats) - {"index", "overlay", "json"})
+    if unknown:
+        raise ValueError(f"--save takes index, overlay and json; unknown: {', '.join(unknown)}")
+    overrides = parse_overrides(args.set)
     spec = None
     if args.classes or args.classes_file:
         classes: Any = read_class_file(args.classes_file) if args.classes_file else args.classes
@@ -58,44 +201,111 @@ def cmd_segment(args: argparse.Namespace) -> int:
     paths: list[Path] = []
     for item in args.inputs:
         paths.extend(list_images(item))
-    out = Path(args.out)
-    stems = _stems(paths)
-    todo = [(p, s) for p, s in zip(paths, stems) if args.overwrite or not (out / f"{s}.json").exists()]
-    skipped = len(paths) - len(todo)
-    if not todo:
-        print(f"all {len(paths)} image(s) already done in {out} (use --overwrite to redo)")
-        return 0
-    seg = Segmenter(args.method, backbone=args.backbone, weights=args.weights, preset=args.preset,
-                    device=args.device, overrides=parse_overrides(args.set), tokenizer=args.tokenizer,
-                    cache_dir=args.cache_dir, dino=args.dino, dtype=args.dtype)
-    if spec is None:
-        spec = seg.preset_class_spec()
-        if args.background:
-            spec = parse_classes(spec, background=True)
-    formats = tuple(args.save.split(","))
-    bar = tqdm(todo, desc="segment", unit="img", disable=args.quiet or len(todo) < 2)
-    for path, stem in bar:
-        bar.set_postfix_str(path.name)
-        result = seg(path, spec)
-        result.settings["image"] = str(path)
-        result.save(out, stem, formats)
-    print(f"wrote {len(todo)} image(s) to {out}" + (f", skipped {skipped} already done" if skipped else ""))
+    paths = list({os.path.abspath(p): p for p in paths}.values())  # an image named twice is done once
+    names = output_names(paths)
+    # Everything that decides an image's result; an image made with anything else is redone.
+    run = {"method": args.method, "preset": args.preset, "backbone": args.backbone, "weights": args.weights,
+           "tokenizer": args.tokenizer, "set": {k: overrides[k] for k in sorted(overrides)},
+           "classes": None if spec is None else [list(s) for s in spec.synonyms],
+           "background": bool(args.background), "dino": args.dino, "dtype": args.dtype}
+    todo, redo, failures = [], [], []
+    for path, name in zip(paths, names):
+        try:
+            source = _source(path)
+        except OSError as e:
+            failures.append({"image": str(path), "output": name, "error": f"cannot read {path}: {e.strerror or e}"})
+            continue
+        why = "overwrite" if args.overwrite else _why_redo(out / f"{name}.json", _output_files(out, name, formats),
+                                                           run, source)
+        if why is None:
+            continue
+        if why and why != "overwrite":
+            redo.append((name, why))
+        todo.append((path, name, source))
+    skipped = len(paths) - len(todo) - len(failures)
+    for name, why in redo[:5]:
+        print(f"redoing {name}: {why}", file=sys.stderr)
+    if len(redo) > 5:
+        print(f"redoing {len(redo) - 5} more image(s) made with other settings or from other files", file=sys.stderr)
+    written = 0
+    if todo:
+        from ..core.segmenter import Segmenter
+
+        seg = Segmenter(args.method, backbone=args.backbone, weights=args.weights, preset=args.preset,
+                        device=args.device, overrides=overrides, tokenizer=args.tokenizer,
+                        cache_dir=args.cache_dir, dino=args.dino, dtype=args.dtype, max_pixels=args.max_pixels)
+        if spec is None:
+            spec = seg.preset_class_spec()
+            if args.background:
+                spec = parse_classes(spec, background=True)
+        bar = tqdm(todo, desc="segment", unit="img", disable=args.quiet or len(todo) < 2)
+        for path, name, source in bar:
+            bar.set_postfix_str(path.name)
+            try:  # one bad image is reported and skipped; the run goes on
+                rgb = read_image(path, max_pixels=args.max_pixels)
+                result = seg(rgb, spec)
+            except (ImageError, OSError, ValueError, RuntimeError, MemoryError) as e:
+                msg = str(e) if str(path) in str(e) else f"{path}: {e}"
+                failures.append({"image": str(path), "output": name, "error": msg})
+                tqdm.write(f"failed: {msg}", file=sys.stderr)
+                continue
+            result.settings.update(image=str(path), run=run, source=source)
+            target = out / name
+            try:
+                result.save(target.parent, target.name, formats)
+            except OSError as e:
+                raise ValueError(f"cannot write the results of {path} to {target.parent}: {e.strerror or e}") from e
+            written += 1
+    summary = out / FAILURES_FILE
+    if failures:
+        write_json({"failed": len(failures), "of": len(paths), "images": failures,
+                    "note": "these images have no results; re-run the same command to retry them"}, summary)
+    else:
+        summary.unlink(missing_ok=True)  # an earlier run's failures were retried (or the inputs changed)
+    parts = [f"wrote {written} image(s) to {out}"]
+    if skipped:
+        parts.append(f"skipped {skipped} already done (same settings; --overwrite redoes them)")
+    if redo:
+        parts.append(f"redid {len(redo)} made with other settings or from other files")
+    if failures:
+        parts.append(f"{len(failures)} failed (listed with reasons in {summary})")
+    print(", ".join(parts))
+    if failures:
+        for f in failures[:10]:
+            print(f"  {f['error']}", file=sys.stderr)
+        if len(failures) > 10:
+            print(f"  ... and {len(failures) - 10} more in {summary}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     return 0
+
+
+def _default_eval_out(dataset: str, method: str, backbone: str) -> Path:
+    """ovss-results/<dataset>-<method>-<backbone>: named after the run, in the current folder."""
+    b = Path(backbone).stem if any(c in backbone for c in "/\\") or Path(backbone).suffix else backbone
+    label = "-".join(re.sub(r"[^A-Za-z0-9._+-]+", "_", x).strip("_") or "x"
+                     for x in (dataset, method.replace(",", "+"), b))
+    return Path("ovss-results") / label
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import create_dataset, ensure_synthetic
+    from ..data.synthetic import split_state
     from ..methods import list_methods
 
-    if args.dataset == "synthetic-scenes" and not Path(args.root, "classes.txt").exists():
-        print(f"writing the synthetic validation split to {args.root}")
-        ensure_synthetic(args.root, n=args.synthetic_n, progress=not args.quiet)
-    dataset = create_dataset(args.dataset, args.root)
     methods = list_methods() if args.method == "all" else [m.strip() for m in args.method.split(",")]
-    base = Path(args.out) if args.out else Path("results") / dataset.name
+    base = Path(args.out) if args.out else _default_eval_out(args.dataset, args.method, args.backbone)
+    check_out_dir(base)
+    if args.dataset == "synthetic-scenes":
+        state = split_state(args.root)
+        if state != "complete":
+            verb = "finishing the interrupted" if state == "partial" else "writing the"
+            print(f"{verb} synthetic validation split in {args.root}")
+            ensure_synthetic(args.root, n=args.synthetic_n, progress=not args.quiet)
+    dataset = create_dataset(args.dataset, args.root)
+    print(f"results go to {base}")
     rows, skipped = [], []
     for name in methods:
-        out = base / name if len(methods) > 1 or not args.out else base
+        out = base / name if len(methods) > 1 else base
         try:
             results = _eval_one(args, name, dataset, out)
         except (ValueError, FileNotFoundError) as e:
@@ -132,7 +342,7 @@ def _eval_one(args: argparse.Namespace, method_name: str, dataset, out: Path):
     overrides = {**getattr(dataset, "default_overrides", {}), **parse_overrides(args.set)}
     seg = Segmenter(method, backbone=args.backbone, weights=args.weights, preset=preset, device=args.device,
                     overrides=overrides, tokenizer=args.tokenizer, cache_dir=args.cache_dir,
-                    dino=_dino_for(args, method), dtype=args.dtype)
+                    dino=_dino_for(args, method), dtype=args.dtype, max_pixels=args.max_pixels)
     classes, background = None, bool(getattr(dataset, "background", False))
     if args.classes_file:
         classes = Path(args.classes_file)
@@ -290,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ovss {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("segment", help="segment images into free-text classes")
+    s = sub.add_parser("segment", help="segment images into free-text classes", epilog=NAMING_RULE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     s.add_argument("--classes", help='classes separated by commas, synonyms by "|": "cat, sofa|couch"')
     s.add_argument("--classes-file", help="class file: one class per line, synonyms after commas")
@@ -304,8 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dino", metavar="NAME_OR_FILE", help=_DINO_HELP)
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe setting, e.g. --set attention=kk+gaussian:5 --set surgery.residual=False")
-    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--out", required=True, help="output folder (created; see 'output names' below)")
     s.add_argument("--save", default="index,overlay,json", help="comma-separated: index, overlay, json")
+    s.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse images over N pixels, read from the file header before decoding "
+                   "(default 100000000; 0: no limit)")
     s.add_argument("--device", default="auto")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
                    help="inference precision of the towers and head (default float32; see ovss.core.precision)")
@@ -333,7 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "255 as background, mIoU over the classes in the ground truth); default: the preset's, else mmseg")
     e.add_argument("--protocol-size", type=int, metavar="PX",
                    help="the cliptrase protocol's resize + center-crop size (default: the recipe's short side)")
-    e.add_argument("--out", help="results folder (default: results/DATASET[/METHOD])")
+    e.add_argument("--out", help="results folder (default: ovss-results/DATASET-METHOD-BACKBONE in the current "
+                   "folder; with several methods, one sub-folder per method and summary.md)")
+    e.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse images over N pixels (default 100000000; 0: no limit)")
     e.add_argument("--synthetic-n", type=int, default=200, help="images to write for a missing synthetic split")
     e.add_argument("--save-predictions", action="store_true")
     e.add_argument("--device", default="auto")

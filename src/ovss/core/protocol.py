@@ -9,6 +9,7 @@ stitched logits to the image size and `decision` turns them into a label map.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -70,6 +71,10 @@ def preprocess(image: np.ndarray, protocol: Protocol, device: torch.device | str
     back to uint8 after it, which is what mmcv's cv2 resize of a uint8 image does (cv2 uses
     fixed-point weights, so single pixel values can differ by one grey level). A float image is
     taken as given: resized, never quantised.
+
+    Memory: a large uint8 image is never converted to float as a whole (an 8000x6000 photo would
+    be a 576 MB float copy): `_resize_uint8_banded` converts a band of rows at a time and gives
+    torch's result bit for bit.
     """
     mean = protocol.mean if mean is None else tuple(mean)
     std = protocol.std if std is None else tuple(std)
@@ -77,15 +82,89 @@ def preprocess(image: np.ndarray, protocol: Protocol, device: torch.device | str
         raise ValueError("preprocess needs the normalisation: the protocol has none, pass mean= and std=")
     h, w = image.shape[:2]
     quantised = not np.issubdtype(image.dtype, np.floating)
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
     nh, nw = resized_size(h, w, protocol.short_side, protocol.long_cap)
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
-        if quantised:
-            x = x.round_().clamp_(0, 255)
+    fresh = quantised  # x is a new tensor (not a view of the caller's float array): normalise in place
+    if (nh, nw) != (h, w) and image.dtype == np.uint8 and torch.device(device).type == "cpu" \
+            and image.ndim == 3 and image.shape[2] == 3 and image.nbytes * 4 >= _BANDED_MIN_BYTES \
+            and nh <= h and nw <= w and _two_pass_is_exact(nh, nw, torch.get_num_threads()):
+        x = _resize_uint8_banded(image, nh, nw).round_().clamp_(0, 255)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+            fresh = True
+            if quantised:
+                x = x.round_().clamp_(0, 255)
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    if fresh:  # the same arithmetic as (x - m) / s, without a second full-size tensor
+        return x.sub_(m).div_(s)
     return (x - m) / s
+
+
+# Below this many bytes of float input the one-shot resize is kept: its full-size copy is small.
+_BANDED_MIN_BYTES = 64 << 20
+_BAND_BYTES = 8 << 20  # float rows converted at a time
+
+
+def _bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _resize_uint8_banded(image: np.ndarray, nh: int, nw: int, band_bytes: int | None = None) -> torch.Tensor:
+    """torch's bilinear resize (half-pixel centres, no antialias) of an HxWx3 uint8 image to
+    (1, 3, nh, nw) float32, without a full-size float copy, equal bit for bit to
+    `F.interpolate(image as float, (nh, nw))` wherever torch uses its separable CPU kernel.
+
+    That kernel computes each output pixel as t0 * h0 + t1 * h1, where t0 and t1 are the two source
+    rows already interpolated along the width (v[x0] * w0 + v[x1] * w1), every product and sum
+    rounded to float32. So the width pass runs first, on the source rows the height pass will read
+    (converted to float a band at a time; the height is kept, so its weights are exactly 1 and 0),
+    into an (H, nw) float image whose other rows stay 0; the height pass then runs on that (the width
+    kept: weights 1 and 0). Both passes are torch's own kernel, with torch's own indices and weights,
+    so nothing of its arithmetic is re-derived here. `_two_pass_is_exact` checks the premise (torch
+    picks another kernel for tiny outputs and for a single thread).
+    """
+    h, w = image.shape[:2]
+    src = torch.from_numpy(np.ascontiguousarray(image))  # (h, w, 3) uint8, shared with the array
+    # (1, 3, h, nw) built exactly as the one-shot input is (HWC memory, permuted, a batch dim added),
+    # so torch gives the output the same memory layout (and picks its kernel the same way)
+    wide = torch.zeros((h, nw, 3), dtype=torch.float32).permute(2, 0, 1)[None]
+    need = _rows_read(h, nh)
+    rows = max(1, (band_bytes or _BAND_BYTES) // (w * 3 * 4))
+    for k in range(0, len(need), rows):
+        r = need[k : k + rows]
+        band = src.index_select(0, r).permute(2, 0, 1)[None].float()
+        wide[:, :, r] = _bilinear(band, (len(r), nw))
+    return _bilinear(wide, (nh, nw))
+
+
+def _rows_read(h: int, nh: int) -> torch.Tensor:
+    """Every source row the height pass of an h -> nh bilinear resize can read, with a margin: torch
+    reads rows y0 = floor(s), y0 + 1 at s = max(h / nh * (i + 0.5) - 0.5, 0) in float32, which is
+    within a few hundredths of this float64 s, so floor(s) - 1 .. floor(s) + 2 holds both. Rows
+    outside are never read (and stay 0), so converting only these is exact."""
+    s = np.maximum(h / nh * (np.arange(nh) + 0.5) - 0.5, 0.0)
+    f = np.floor(s).astype(np.int64)
+    rows = np.unique(np.clip(np.concatenate([f - 1, f, f + 1, f + 2]), 0, h - 1))
+    return torch.from_numpy(rows)
+
+
+@lru_cache(maxsize=256)
+def _two_pass_is_exact(nh: int, nw: int, threads: int) -> bool:
+    """Whether `_resize_uint8_banded` equals the one-shot resize to (nh, nw) under this thread
+    count: torch resizes a 3-channel image with its separable kernel unless the output is tiny
+    (height + width <= 128) or torch runs one thread, and the other kernel rounds differently.
+    Checked on a random probe (cheap, once per size), so a torch that changes its choice is caught
+    here instead of changing pixels."""
+    if nh + nw <= 128 or threads == 1:
+        return False
+    g = torch.Generator().manual_seed(nh * 7919 + nw)
+    ph, pw = nh + nh // 2 + 3, nw + nw // 3 + 5
+    probe = torch.randint(0, 256, (ph, pw, 3), generator=g, dtype=torch.uint8).numpy()
+    one_shot = _bilinear(torch.from_numpy(probe).permute(2, 0, 1)[None].float(), (nh, nw))
+    banded = _resize_uint8_banded(probe, nh, nw, band_bytes=pw * 3 * 4 * 5)  # several bands, as in use
+    return bool(torch.equal(one_shot, banded)) and one_shot.stride() == banded.stride()
 
 
 def window_boxes(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:

@@ -44,7 +44,10 @@ class Result:
 
     def areas(self) -> dict[str, float]:
         """Fraction of the image's pixels given to each class."""
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
+        flat = self.labels.reshape(-1)
+        counts = np.zeros(len(self.class_names), np.int64)
+        for i in range(0, flat.size, 1 << 20):  # in chunks: bincount widens its input to int64
+            counts += np.bincount(flat[i : i + (1 << 20)], minlength=len(self.class_names))[: len(counts)]
         return {n: float(c) / self.labels.size for n, c in zip(self.class_names, counts)}
 
     def masks(self) -> dict[str, np.ndarray]:

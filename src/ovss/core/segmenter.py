@@ -36,6 +36,9 @@ from .trace import names_of, record, refiner_output_name, tracing
 # float32); larger images are upsampled and decided in bands of rows, so memory stays bounded
 # by the network-resolution logits plus one band.
 FULL_SIZE_BUDGET = 1 << 26
+# Elements of one band of upsampled logits (4 MB in float32): with its softmax and argmax
+# temporaries it stays a few tens of MB, small next to the image and its label map.
+BAND_ELEMENTS = 1 << 20
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -84,6 +87,8 @@ class Segmenter:
         dtype: "float32" (default), "bfloat16", "float16" or "auto": the precision of the towers
             and the head (`core.precision`: softmaxes, cosine logits and everything after the head
             stay float32; the weights stay float32).
+        max_pixels: refuse larger images (a file: from its header, before decoding); None: the
+            default limit (`ovss.data.io.DEFAULT_MAX_PIXELS`, 100 megapixels), 0: no limit.
     """
 
     def __init__(self, method: str | MethodSpec = "maskclip", backbone: str = "clip-vit-b16",
@@ -92,7 +97,9 @@ class Segmenter:
                  tokenizer: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  text_cache_dir: str | os.PathLike | None = None, act: str | None = None,
                  clip: LoadedClip | None = None, dino: str | os.PathLike | None = None,
-                 bank: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32"):
+                 bank: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32",
+                 max_pixels: int | None = None):
+        self.max_pixels = max_pixels  # image pixel limit (ovss.data.io.read_image): None default, 0 none
         self.method = get_method(method) if isinstance(method, str) else method
         self.preset = preset
         self.recipe: Recipe = self.method.resolve(preset, overrides)
@@ -168,13 +175,15 @@ class Segmenter:
         """An image (path, PIL, uint8 or float array on the 0-255 scale, tensor) -> its `ImageState`:
         the normalised network input at the protocol's size and the output size. `size`: the
         original (H, W) when `image` was already resized (the label map comes back at `size`)."""
-        from ..data.io import read_image
+        from ..data.io import check_pixels, read_image
 
         if isinstance(image, ImageState):
             return image
         rgb = _as_float_image(image)
         if rgb is None:
-            rgb = read_image(image)
+            rgb = read_image(image, max_pixels=self.max_pixels)
+        else:
+            check_pixels(rgb.shape[1], rgb.shape[0], self.max_pixels, "float array")
         mean, std = self.normalization
         x = preprocess(rgb, self.recipe.protocol, self.device, mean, std)
         out_size = tuple(size) if size is not None else tuple(rgb.shape[:2])
@@ -360,7 +369,7 @@ class Segmenter:
         from .viz import palette_for
 
         return Result(
-            labels=labels.astype(np.int32),
+            labels=labels.astype(np.int32, copy=False),
             scores=probs,
             class_names=names,
             palette=palette_for(names),
@@ -413,7 +422,7 @@ class Segmenter:
     def _decide_banded(self, low, size, spec, dd):
         d = self.recipe.decision
         q2c, nc = spec.query_to_class, len(spec)
-        rows = max(1, FULL_SIZE_BUDGET // (low.shape[0] * size[1] * 4))
+        rows = max(1, min(FULL_SIZE_BUDGET // 4, BAND_ELEMENTS) // (low.shape[0] * size[1]))
         keep = None
         if dd.area_thd is not None:  # the area rule needs global counts: a first pass
             counts = torch.zeros(nc, device=low.device)
@@ -422,8 +431,9 @@ class Segmenter:
                 counts += torch.bincount(p.argmax(0).flatten(), minlength=nc)
             area = counts[1:]
             keep = (area > dd.area_thd * area.sum()).float()
-        labels = np.zeros(size, dtype=np.int64)
-        assigned = np.zeros(size, dtype=bool)
+        labels = np.zeros(size, dtype=np.int32)  # the result's dtype: no full-size int64 map, no copy later
+        # without a threshold every pixel passes: a read-only view instead of a full-size mask
+        assigned = np.zeros(size, dtype=bool) if d.prob_thd > 0 else np.broadcast_to(np.True_, size)
         sums = np.zeros(nc)
         cnts = np.zeros(nc)
         for r0, r1, band in upsample_rows(low, size, rows):
@@ -434,7 +444,8 @@ class Segmenter:
             best = p.amax(0)
             lab[best < dd.prob_thd] = 0
             labels[r0:r1] = lab.cpu().numpy()
-            assigned[r0:r1] = (best >= d.prob_thd).cpu().numpy()
+            if d.prob_thd > 0:
+                assigned[r0:r1] = (best >= d.prob_thd).cpu().numpy()
             sel = p.gather(0, lab[None])[0]
             sums += torch.zeros(nc, dtype=torch.float64).index_add_(0, lab.flatten().cpu(), sel.flatten().double().cpu()).numpy()
             cnts += np.bincount(lab.flatten().cpu().numpy(), minlength=nc)

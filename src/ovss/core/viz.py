@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -158,12 +158,19 @@ def _as_palette(palette: Any) -> np.ndarray:
 
 
 def _as_labels(labels: Any, shape: tuple[int, int]) -> np.ndarray:
+    """The label map as an integer array of the image's shape (no copy: bands are widened one at a
+    time where needed)."""
     lab = np.asarray(labels)
     if lab.shape != shape:
         raise ValueError(f"labels shape {lab.shape} does not match image size {shape}")
     if not np.issubdtype(lab.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {lab.dtype}")
-    return lab.astype(np.int64)
+    return lab
+
+
+# Rows blended at a time: the blend works in float32 and int64 per pixel (a dozen full-size
+# temporaries for an 8000x6000 image, 2.5 GB); a band keeps that to a few MB, same values.
+_BAND_PIXELS = 1 << 18
 
 
 def overlay(
@@ -179,30 +186,51 @@ def overlay(
     Pixels equal to ``ignore_index`` keep the original image so "no prediction" is visibly different
     from any class. With ``boundaries`` a 1-pixel near-white line marks every change of label, which
     keeps adjacent regions of similar colour apart. ``image`` is anything ``read_image`` accepts.
-    Returns an HxWx3 uint8 array.
+    Returns an HxWx3 uint8 array. Computed in bands of rows, so memory beyond the output stays small.
     """
+    img, bands = _overlay_bands(image, labels, palette, alpha, ignore_index, boundaries)
+    out = np.empty_like(img)
+    for r0, band in bands:
+        out[r0 : r0 + len(band)] = band
+    return out
+
+
+def _overlay_bands(image: Any, labels: Any, palette: Any, alpha: float, ignore_index: int | None,
+                   boundaries: bool) -> tuple[np.ndarray, Iterator[tuple[int, np.ndarray]]]:
+    """The image as RGB uint8 and an iterator of (first row, overlay band): `overlay` in bands."""
     is_rgb8 = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[2:] == (3,)
     img = image if is_rgb8 and image.ndim == 3 else read_image(image)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    lab = _as_labels(labels, img.shape[:2])
+    labels = _as_labels(labels, img.shape[:2])
     pal = _as_palette(palette)
-    valid = np.ones(lab.shape, bool) if ignore_index is None else lab != ignore_index
-    bad = valid & ((lab < 0) | (lab >= len(pal)))
-    if bad.any():
-        raise ValueError(
-            f"labels {sorted(set(np.unique(lab[bad]).tolist()))[:5]} are outside the palette "
-            f"(0..{len(pal) - 1}) and not ignore_index={ignore_index}"
-        )
-    colour = pal[np.where(valid, lab, 0)].astype(np.float32)
-    blended = np.round((1.0 - alpha) * img.astype(np.float32) + alpha * colour).astype(np.uint8)
-    out = np.where(valid[:, :, None], blended, img)
-    if boundaries:
-        edge = np.zeros(lab.shape, bool)
-        edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-        edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
-        out[edge & valid] = BOUNDARY_COLOUR
-    return out
+    h, w = labels.shape
+    step = max(1, _BAND_PIXELS // max(1, w))
+
+    def bands() -> Iterator[tuple[int, np.ndarray]]:
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
+            lab = labels[r0 : min(h, r1 + 1)].astype(np.int64)  # one row more: the boundary below
+            valid = np.ones(lab.shape, bool) if ignore_index is None else lab != ignore_index
+            bad = valid & ((lab < 0) | (lab >= len(pal)))
+            if bad.any():
+                raise ValueError(
+                    f"labels {sorted(set(np.unique(lab[bad]).tolist()))[:5]} are outside the palette "
+                    f"(0..{len(pal) - 1}) and not ignore_index={ignore_index}"
+                )
+            n = r1 - r0
+            im = img[r0:r1]
+            colour = pal[np.where(valid[:n], lab[:n], 0)].astype(np.float32)
+            blended = np.round((1.0 - alpha) * im.astype(np.float32) + alpha * colour).astype(np.uint8)
+            band = np.where(valid[:n, :, None], blended, im)
+            if boundaries:
+                edge = np.zeros(lab.shape, bool)
+                edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+                edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+                band[(edge & valid)[:n]] = BOUNDARY_COLOUR
+            yield r0, band
+
+    return img, bands()
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -292,17 +320,23 @@ def overlay_with_legend(
     shorter one is top-aligned on white. The font grows with the image so large outputs stay readable.
     """
     pal = palette_for(class_names) if palette is None else _as_palette(palette)
-    ov = overlay(image, labels, pal, alpha=alpha, ignore_index=ignore_index, boundaries=boundaries)
-    h, w = ov.shape[:2]
-    lab = np.asarray(labels).astype(np.int64)
-    valid = (lab >= 0) & (lab < len(class_names))
-    if ignore_index is not None:
-        valid &= lab != ignore_index
-    areas = (np.bincount(lab[valid].ravel(), minlength=len(class_names)) / lab.size).tolist()
+    img, bands = _overlay_bands(image, labels, pal, alpha, ignore_index, boundaries)
+    h, w = img.shape[:2]
+    labels = np.asarray(labels)
+    step = max(1, _BAND_PIXELS // max(1, w))
+    counts = np.zeros(len(class_names), np.int64)
+    for r0 in range(0, h, step):  # in bands: no full-size int64 copy of the label map
+        lab = labels[r0 : r0 + step].astype(np.int64)
+        valid = (lab >= 0) & (lab < len(class_names))
+        if ignore_index is not None:
+            valid &= lab != ignore_index
+        counts += np.bincount(lab[valid].ravel(), minlength=len(class_names))
+    areas = (counts / labels.size).tolist()
     leg = legend(class_names, pal, areas, present_only=present_only, font_size=int(np.clip(h // 32, 12, 32)))
     if leg.height > h:
         leg = leg.resize((max(1, round(leg.width * h / leg.height)), h), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (w + leg.width, h), "white")
-    canvas.paste(Image.fromarray(ov), (0, 0))
+    for r0, band in bands:  # each band pasted as it is made: no full-size overlay array besides the canvas
+        canvas.paste(Image.fromarray(band), (0, r0))
     canvas.paste(leg, (w, 0))
     return canvas

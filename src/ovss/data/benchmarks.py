@@ -429,7 +429,15 @@ class SyntheticScenesDataset(FolderSegDataset):
     default_overrides: ClassVar[dict[str, Any]] = {"protocol.short_side": None, "protocol.crop": 0}
 
     def __init__(self, root: str | os.PathLike[str], split: str = "val") -> None:
+        from .synthetic import IN_PROGRESS_MARKER, split_state
+
         root = Path(root).expanduser()
+        state = split_state(root)
+        if state == "partial":
+            raise ValueError(f"{self.title}: {root} is incomplete (its generation was interrupted: "
+                             f"{root / IN_PROGRESS_MARKER} is there); finish it with "
+                             f"ovss.data.ensure_synthetic({str(root)!r}) or `ovss prepare synthetic-scenes --out "
+                             f"{root}` (`ovss eval` finishes it by itself)")
         if not (root / "classes.txt").is_file():
             raise FileNotFoundError(f"{self.title}: missing {root / 'classes.txt'}; generate the split with "
                                     f"ovss.data.ensure_synthetic({str(root)!r}) or "
@@ -451,15 +459,21 @@ def ensure_synthetic(root: str | os.PathLike[str], n: int = 200, split: str = "v
                      progress: bool = False) -> Path:
     """Write the synthetic `split` (scenes 0..n-1, `size` px) into `root` unless already there; returns root.
 
-    Scenes already written are kept (`write_split` skips them), so this is cheap when complete."""
-    from .synthetic import SEED_BASE, write_split
+    "There" means marked complete (`split.json`, written after the last file) for this split and
+    size, with scenes 0..n-1 present; a folder from before the marker existed counts when all its
+    files are there. A partial folder (a run killed mid-way) is finished; scenes already written are
+    kept (`write_split` skips them), so this is cheap when complete."""
+    from .synthetic import COMPLETE_MARKER, SEED_BASE, read_marker, split_state, write_split
 
     root = Path(root).expanduser()
     base = SEED_BASE[split]
     names = [f"{base + i:08d}.png" for i in range(n)]
-    if (root / "classes.txt").is_file() and all(
-        (root / "images" / f).is_file() and (root / "masks" / f).is_file() for f in names
-    ):
+    marker = read_marker(root, COMPLETE_MARKER)
+    state = split_state(root)
+    files_there = state == "complete" and (root / "classes.txt").is_file() and all(
+        (root / "images" / f).is_file() and (root / "masks" / f).is_file() for f in names)
+    if files_there and (marker is None or (marker.get("split"), marker.get("size"), marker.get("seed_base"))
+                        == (split, size, base)):
         return root
     return write_split(root, split=split, n=n, size=size, progress=progress)
 

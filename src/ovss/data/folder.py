@@ -20,9 +20,12 @@ IGNORE_INDEX = 255
 
 
 def read_classes(path: str | Path) -> list[list[str]]:
-    """Parse classes.txt into synonym lists; trailing blank lines are dropped, inner ones are an error."""
+    """Parse classes.txt into synonym lists; trailing blank lines are dropped, inner ones are an error.
+    UTF-8, a byte-order mark dropped (it would otherwise start the first class name)."""
+    from .io import read_text
+
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "class file").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

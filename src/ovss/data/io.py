@@ -19,16 +19,31 @@ import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
+    "DECODE_FORMATS",
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "ImageError",
+    "ImageTooLarge",
     "list_images",
     "read_image",
     "read_index_png",
+    "read_text",
     "save_index_png",
     "write_json",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+
+# The only formats a file is decoded as, whatever its name: Pillow's own decoders for these need no
+# external program. Without this list Pillow would try every plug-in it has, and its EPS plug-in runs
+# Ghostscript on the file: a crafted .png that is really PostScript would be executed.
+DECODE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+_FORMAT_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+
+# A pixel budget checked from the header, before any decoding. The pipeline holds a few full-size
+# arrays per image (the RGB array, the label map, the overlay), so 100 megapixels is already
+# several GB; PIL's own decompression-bomb guard (Image.MAX_IMAGE_PIXELS) still applies on top.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 _ACCEPTED = (
     "accepted: a path, a PIL image, an ndarray HxW / HxWx1 / HxWx3 / HxWx4 of uint8 or of float in [0, 1], "
@@ -40,10 +55,31 @@ class ImageError(ValueError):
     """Input that is not a usable image: unreadable, corrupt, truncated, or of an unsupported form."""
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (`max_pixels`); raised before it is decoded."""
+
+
+def resolve_max_pixels(max_pixels: int | None) -> int | None:
+    """None -> DEFAULT_MAX_PIXELS; 0 or a negative number -> no limit (returned as None)."""
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    return int(max_pixels) if max_pixels > 0 else None
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None, name: str) -> None:
+    """Raise `ImageTooLarge` when width x height exceeds the (resolved) limit."""
+    limit = resolve_max_pixels(max_pixels)
+    if limit is not None and width * height > limit:
+        raise ImageTooLarge(
+            f"image {name} is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
+            "(raise it with max_pixels=N, or --max-pixels N on the command line; 0 disables it)"
+        )
+
+
 # --------------------------------------------------------------------------------------------- reading
 
 
-def read_image(src: Any) -> np.ndarray:
+def read_image(src: Any, max_pixels: int | None = None) -> np.ndarray:
     """Return ``src`` as a contiguous HxWx3 ``uint8`` RGB array.
 
     ``src`` may be a path (str / PathLike), a ``PIL.Image.Image``, a numpy array or a torch tensor
@@ -53,49 +89,158 @@ def read_image(src: Any) -> np.ndarray:
     16/32-bit integer images are scaled to 8 bits by their storage range (0..65535 -> 0..255, i.e.
     divide by 257) rather than clipped, which would turn most 16-bit photos white.
 
-    Raises ``FileNotFoundError`` for a missing path and ``ImageError`` for anything else unusable.
+    Files are decoded only as one of `DECODE_FORMATS` (by content, whatever the extension); any other
+    format is refused, never handed to a plug-in that runs an external program.
+
+    ``max_pixels``: refuse images with more pixels (files: read from the header, before decoding);
+    None means `DEFAULT_MAX_PIXELS`, 0 no limit.
+
+    Raises ``FileNotFoundError`` for a missing path and ``ImageError`` (``ImageTooLarge`` over the
+    limit) for anything else unusable, the file named in the message.
     """
     if isinstance(src, (str, os.PathLike)):
-        return _read_file(Path(src))
+        return _read_file(Path(src), max_pixels)
     if isinstance(src, Image.Image):
-        return _from_pil(src, "<PIL image>")
+        check_pixels(src.width, src.height, max_pixels, "<PIL image>")
+        if getattr(src, "format", None) not in (None, *DECODE_FORMATS) and _not_loaded(src):
+            raise ImageError(f"a PIL image opened as {src.format} is not decoded here (only {_FORMAT_NAMES}: "
+                             "other plug-ins, e.g. EPS, run external programs); convert it to RGB yourself")
+        return _from_pil(src, "<PIL image>", own=False)
     if isinstance(src, np.ndarray):
+        if src.ndim >= 2:
+            check_pixels(src.shape[1], src.shape[0], max_pixels, "ndarray")
         return _from_array(src, "ndarray")
     if type(src).__module__.split(".")[0] == "torch":  # don't import torch for non-tensor inputs
-        return _from_tensor(src)
+        return _from_tensor(src, max_pixels)
     raise ImageError(f"unsupported image input of type {type(src).__name__}; {_ACCEPTED}")
 
 
-def _read_file(path: Path) -> np.ndarray:
+def _not_loaded(im: Image.Image) -> bool:
+    """True for a lazily opened file whose pixels were never decoded (decoding would run its plug-in)."""
+    from PIL import ImageFile
+
+    return isinstance(im, ImageFile.ImageFile) and getattr(im, "tile", None) not in (None, [], ())
+
+
+# Signatures of files people hand over as images that ovss will not decode, for a helpful message.
+_MAGIC = (
+    (b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"), (b"qoif", "QOI"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xffO\xffQ", "JPEG 2000"), (b"8BPS", "Photoshop (PSD)"),
+    (b"<?xml", "XML/SVG"), (b"<svg", "SVG"), (b"P6", "PPM"), (b"P5", "PGM"),
+)
+
+
+# Signatures of the accepted formats: a file that starts like one but does not open is damaged.
+_ACCEPTED_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16)
+    except OSError:
+        return b""
+
+
+def _sniff(head: bytes) -> str:
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypavif", b"ftypmif1"):
+        return " (it looks like HEIC/AVIF)"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return f" (it looks like {what})"
+    return ""
+
+
+def _damaged(head: bytes) -> str | None:
+    """The accepted format a file claims to be by its first bytes, if any."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((what for magic, what in _ACCEPTED_MAGIC if head.startswith(magic)), None)
+
+
+def _read_file(path: Path, max_pixels: int | None = None) -> np.ndarray:
     path = path.expanduser()
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise ImageError(f"cannot read image {path}: it is a directory")
     try:
-        with Image.open(path) as im:
-            # Image.open is lazy; load() forces a full decode so truncated JPEG/PNG data fails here,
-            # not later (PIL raises OSError "image file is truncated" unless the process has set
-            # ImageFile.LOAD_TRUNCATED_IMAGES, in which case PIL pads the missing rows by design).
-            im.load()
-            return _from_pil(im, str(path))
+        im = Image.open(path, formats=DECODE_FORMATS)
     except Image.UnidentifiedImageError as e:
-        raise ImageError(f"cannot read image {path}: not a recognised image format") from e
+        head = _head(path)
+        claimed = _damaged(head)
+        if claimed:
+            raise ImageError(f"cannot read image {path}: a damaged {claimed} file (it starts like one, but its "
+                             "header does not parse)") from e
+        raise ImageError(f"cannot read image {path}: not a {_FORMAT_NAMES} file{_sniff(head)}; "
+                         "other formats are not decoded (convert the file to PNG first)") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"cannot read image {path}: {e}") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        if isinstance(e, ImageError):
+        raise ImageTooLarge(f"cannot read image {path}: {e}") from e
+    except PermissionError as e:
+        raise ImageError(f"cannot read image {path}: permission denied") from e
+    except Exception as e:  # a corrupt header breaks Pillow's parsers in many ways (struct.error, ...)
+        raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e} (corrupt or unreadable file)") from e
+    with im:
+        check_pixels(im.width, im.height, max_pixels, str(path))
+        try:
+            # Image.open is lazy; load() forces a full decode so truncated data fails here, not later
+            # (PIL raises OSError "image file is truncated" unless the process has set
+            # ImageFile.LOAD_TRUNCATED_IMAGES, in which case PIL pads the missing rows by design).
+            # A truncated file may also surface as IndexError, ValueError, struct.error, ... from a
+            # decoder written in Python: every one of them means "this file is broken".
+            im.load()
+            return _from_pil(im, str(path), own=True)
+        except ImageError:
             raise
-        raise ImageError(f"cannot read image {path}: {e} (corrupt, truncated or unreadable file)") from e
+        except MemoryError as e:
+            raise ImageError(f"cannot read image {path}: not enough memory to decode "
+                             f"{im.width}x{im.height} pixels") from e
+        except Exception as e:
+            raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e} "
+                             "(corrupt, truncated or unreadable file)") from e
 
 
-def _from_pil(im: Image.Image, name: str) -> np.ndarray:
+def _orient(im: Image.Image, own: bool) -> Image.Image:
+    """Apply the EXIF orientation. Only a rotated/flipped image is copied (Pillow's `exif_transpose`
+    copies every image; a 48-megapixel photo would pay 190 MB for nothing), and an image we opened
+    ourselves (`own`) is transposed in place."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)  # ExifTags.Base.Orientation
+        if orientation in (None, 1) or orientation not in range(2, 9):
+            return im
+        if own:
+            try:
+                ImageOps.exif_transpose(im, in_place=True)
+                return im
+            except TypeError:  # Pillow < 9.4: no in_place
+                pass
+        return ImageOps.exif_transpose(im) or im
+    except Exception:  # a malformed EXIF block should not make an otherwise fine image unreadable
+        return im
+
+
+def _pil_array(im: Image.Image) -> np.ndarray:
+    """``np.array(im)`` in bands of rows: numpy's path through PIL's array interface first copies the
+    whole image into one ``bytes`` object and then into the array, a second full-size copy."""
+    w, h = im.size
+    band = max(1, (4 << 20) // max(1, w * 4 * len(im.getbands())))  # rows in ~4 MB
+    if band >= h:
+        return np.array(im)
+    first = np.asarray(im.crop((0, 0, w, band)))
+    out = np.empty((h, *first.shape[1:]), first.dtype)
+    out[:band] = first
+    for y in range(band, h, band):
+        out[y : y + band] = np.asarray(im.crop((0, y, w, min(h, y + band))))
+    return out
+
+
+def _from_pil(im: Image.Image, name: str, own: bool = False) -> np.ndarray:
     if im.width == 0 or im.height == 0:
         raise ImageError(f"image {name} has a zero side ({im.width}x{im.height})")
-    try:
-        im = ImageOps.exif_transpose(im) or im
-    except Exception:  # a malformed EXIF block should not make an otherwise fine image unreadable
-        pass
+    im = _orient(im, own)
     mode = im.mode
     if (mode in ("P", "L", "RGB") and "transparency" in im.info) or (
         mode == "P" and im.palette is not None and im.palette.mode == "RGBA"
@@ -103,7 +248,7 @@ def _from_pil(im: Image.Image, name: str) -> np.ndarray:
         # a tRNS colour key (P, L or RGB PNG/GIF): PIL turns it into a real alpha channel
         im, mode = im.convert("RGBA"), "RGBA"
     if mode == "RGB":
-        return np.array(im, dtype=np.uint8)
+        return _pil_array(im)
     if mode in ("L", "1"):
         return _gray_to_rgb(np.array(im.convert("L"), dtype=np.uint8))
     if mode.startswith("I;16") or mode == "I":
@@ -178,7 +323,7 @@ def _from_array(a: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(u8)
 
 
-def _from_tensor(t: Any) -> np.ndarray:
+def _from_tensor(t: Any, max_pixels: int | None = None) -> np.ndarray:
     import torch  # lazy: reading files must not pay torch's import time
 
     if not isinstance(t, torch.Tensor):
@@ -188,6 +333,7 @@ def _from_tensor(t: Any) -> np.ndarray:
         raise ImageError(f"unsupported tensor shape {tuple(t.shape)}; {_ACCEPTED}")
     if t.shape[0] == 3:  # CHW wins when ambiguous (3xHx3): it is the torch convention
         t = t.permute(1, 2, 0)
+    check_pixels(t.shape[1], t.shape[0], max_pixels, "tensor")
     if t.dtype == torch.uint8:
         a = t.numpy()
     elif t.is_floating_point():
@@ -195,6 +341,29 @@ def _from_tensor(t: Any) -> np.ndarray:
     else:
         raise ImageError(f"unsupported tensor dtype {t.dtype}; {_ACCEPTED}")
     return _from_array(np.ascontiguousarray(a), "tensor")
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
+    """A small text file (class lists) as str: UTF-8, its byte-order mark dropped (Windows editors
+    write one, and it would otherwise become part of the first class name); UTF-16 with a BOM is
+    read too. Anything else is a ValueError naming the file, never a bare UnicodeDecodeError."""
+    path = Path(path).expanduser()
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{what} {path} starts like UTF-16 but does not decode as UTF-16 ({e.reason}); "
+                             "save it as UTF-8") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{what} {path} is not UTF-8 text: byte 0x{data[e.start]:02x} on line {line} "
+                         f"(offset {e.start}); save it as UTF-8") from None
 
 
 # ------------------------------------------------------------------------------------------- listing

@@ -403,22 +403,67 @@ def _atomic_save(im: Image.Image, path: Path) -> None:
     atomic_write(path, lambda f: im.save(f, format="PNG"))
 
 
+# A generated split is complete once `split.json` is there: it is written (atomically) after the
+# last image and mask. `.writing` (the plan of a run in progress) is written before the first file
+# and removed after the marker, so a run killed at any point leaves a folder known to be partial.
+COMPLETE_MARKER = "split.json"
+IN_PROGRESS_MARKER = ".writing"
+
+
+def split_state(root: str | Path) -> str:
+    """"complete", "partial" (a generation was interrupted) or "missing" (no classes.txt).
+
+    A folder with classes.txt but neither marker was written by an earlier ovss (or by hand) and
+    counts as complete, as it did then."""
+    root = Path(root)
+    if (root / IN_PROGRESS_MARKER).exists():
+        return "partial"
+    if (root / COMPLETE_MARKER).is_file() or (root / "classes.txt").is_file():
+        return "complete"
+    return "missing"
+
+
+def read_marker(root: str | Path, name: str = COMPLETE_MARKER) -> dict | None:
+    """The JSON of a marker file, or None when it is missing or unreadable."""
+    import json
+
+    try:
+        return json.loads((Path(root) / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def write_split(root: str | Path, split: str = "val", n: int = 200, size: int = 96,
                 seed_offset: int | None = None, progress: bool = True) -> Path:
     """Write `n` scenes in the folder layout (classes.txt, images/, masks/); skips scenes already written.
 
-    Names are the 8-digit seed, so reruns with other `n` or offsets extend the folder consistently.
+    Names are the 8-digit seed, so reruns with other `n` extend the folder consistently. The split is
+    marked complete (`split.json`) only after its last file; until then `.writing` marks it partial.
+    An interrupted run is finished by the next one with the same split and size; a folder written
+    with another split, size or seed offset has its generated scenes removed first (rebuilt), so
+    scenes of two sizes never mix.
     """
     from tqdm import tqdm
 
+    from .io import write_json
+
     root = Path(root)
+    base = SEED_BASE[split] if seed_offset is None else seed_offset
+    plan = {"split": split, "size": size, "seed_base": base}
+    before = read_marker(root, IN_PROGRESS_MARKER) or read_marker(root, COMPLETE_MARKER)
+    (root / COMPLETE_MARKER).unlink(missing_ok=True)  # from here on the folder is not complete
+    root.mkdir(parents=True, exist_ok=True)
+    write_json({**plan, "n": n}, root / IN_PROGRESS_MARKER)
+    if before is not None and any(before.get(k) != v for k, v in plan.items()):
+        _remove_scenes(root)  # another split, size or offset: rebuild rather than mix
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     classes_txt = "\n".join(CLASSES) + "\n"
     cpath = root / "classes.txt"
     if not cpath.exists() or cpath.read_text() != classes_txt:
-        cpath.write_text(classes_txt)
-    base = SEED_BASE[split] if seed_offset is None else seed_offset
+        from .io import atomic_write
+
+        atomic_write(cpath, lambda f: f.write(classes_txt.encode()))
     for i in tqdm(range(n), desc=f"writing {split}", disable=not progress):
         name = f"{base + i:08d}"
         ipath, mpath = root / "images" / f"{name}.png", root / "masks" / f"{name}.png"
@@ -427,4 +472,14 @@ def write_split(root: str | Path, split: str = "val", n: int = 200, size: int = 
         scene = make_scene(base + i, size)
         _atomic_save(Image.fromarray(scene.image), ipath)
         _atomic_save(mask_image(scene.mask), mpath)
+    scenes = len(list((root / "images").glob("[0-9]" * 8 + ".png")))
+    write_json({**plan, "n": n, "scenes": scenes, "complete": True}, root / COMPLETE_MARKER)
+    (root / IN_PROGRESS_MARKER).unlink(missing_ok=True)
     return root
+
+
+def _remove_scenes(root: Path) -> None:
+    """Delete the generated scenes (8-digit names) of a split folder, nothing else."""
+    for sub in ("images", "masks"):
+        for p in (root / sub).glob("[0-9]" * 8 + ".png") if (root / sub).is_dir() else ():
+            p.unlink()

@@ -171,11 +171,14 @@ def split_class_string(text: str) -> list[list[str]]:
 
 
 def read_class_file(path: str | os.PathLike) -> list[list[str]]:
-    """A research-repo class file: one class per line, synonyms separated by commas."""
+    """A research-repo class file: one class per line, synonyms separated by commas. UTF-8 (a BOM is
+    dropped); a file in another encoding is a ValueError that names it."""
+    from ..data.io import read_text
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"class-name file not found: {p}")
-    lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln for ln in read_text(p, "class-name file").splitlines() if ln.strip()]
     return [[s.strip() for s in ln.split(",") if s.strip()] for ln in lines]
 
 
