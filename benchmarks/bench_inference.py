@@ -5,7 +5,7 @@
         [--deep-methods resclip,scclip,cliptrase] [--reference-resclip PATH] \
         [--graph-methods proxyclip,lposs,lposs+,cass] [--reference-cass PATH --reference-pydeps DIR]
 
-CLIP-DIY is timed with `--graph-methods clipdiy` (not in the default list): its default recipe
+CLIP-DIY and FreeDA are timed with `--graph-methods clipdiy,freeda` (not in the default list): its default recipe
 (59 crops through the ViT-B/16 here, FOUND on a random ViT-S/8 + decoder at 500x375).
 
 ResCLIP, SC-CLIP and CLIPtrase (`--deep-methods`) are timed on the same 500x375 image with their
@@ -321,6 +321,18 @@ def graph_rows(clip, image, methods: list[str], repeats: int, device: str) -> li
 
         register_vfm("dino-vits8", VisionTransformer(DINO_ARCHS["dino-vits8"]).eval().to(device))
         register_found_decoder("found-duts-tr", torch.nn.Conv2d(384, 1, (1, 1)).eval().to(device), device=device)
+    if "freeda" in methods:  # FreeDA: a random DINOv2 ViT-L/14 and a random 20k-entry bank in place of the released ones
+        import os
+
+        from ovss.data.bank import save_bank
+
+        register_vfm("dinov2-vitl14", VisionTransformer(DINO_ARCHS["dinov2-vitl14"]).eval().to(device))
+        gb = torch.Generator().manual_seed(3)
+        text_dim = clip.model.text.text_projection.shape[1]
+        keys = torch.nn.functional.normalize(torch.randn(20000, text_dim, generator=gb), dim=-1)
+        bank = save_bank(Path(tempfile.mkdtemp(prefix="ovss-bench-bank-")), keys,
+                         torch.randn(20000, 1024, generator=gb), write_index=False)
+        os.environ["OVSS_FREEDA_BANK"] = str(bank)
     rows = []
     for method in methods:
         seg = Segmenter(method, device=device, clip=clip, tokenizer=VOCAB, text_cache_dir="/tmp/ovss-bench-text")
