@@ -4,7 +4,7 @@
 Importing this package registers the plug-ins in `ovss.core.registry.PLUGINS`.
 """
 
-from . import cass, cls_prior, feedback, lposs, presence, proxy, rcs, selfcal  # noqa: F401  (registration)
+from . import cass, cls_prior, feedback, lposs, mlmp, presence, proxy, rcs, selfcal  # noqa: F401  (registration)
 from .plugin import HeadPlugin
 
 __all__ = ["HeadPlugin"]

@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registration side effects)
     dense_clip,
     lposs,
     maskclip,
+    mlmp,
     naclip,
     proxyclip,
     resclip,
