@@ -208,13 +208,16 @@ def test_tta_wraps_any_method_and_parses_like_plugins(weights):
     assert adapted.settings()["recipe"]["tta"] == [repr(MLMP(steps=3, lr=0.01))]
 
 
-def test_window_chunks_change_memory_not_results(weights):
-    """The windows' gradients summed chunk by chunk are the gradient of the mean over all."""
+def test_window_chunks_and_checkpointing_change_memory_not_results(weights):
+    """The windows' gradients summed chunk by chunk are the gradient of the mean over all; the
+    recomputed activations are the kept ones."""
     _, b = _images()
     one = mlmp_seg(weights, tta="mlmp:layers=4,window_batch=1")
     allw = mlmp_seg(weights, clip=one.clip, tta="mlmp:layers=4,window_batch=0")
-    x, y = one.logits(b, SPEC), allw.logits(b, SPEC)
+    kept = mlmp_seg(weights, clip=one.clip, tta="mlmp:layers=4,window_batch=1,checkpoint=False")
+    x, y, z = one.logits(b, SPEC), allw.logits(b, SPEC), kept.logits(b, SPEC)
     assert (x - y).abs().max() < 1e-5
+    assert torch.equal(x, z)
 
 
 def test_squash_protocol_and_cv2_nearest_labels():

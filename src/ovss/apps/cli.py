@@ -199,6 +199,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
               f"prob_thd {r.decision.prob_thd}, area_thd {r.decision.area_thd}")
         if r.plugins or r.refiners:
             print(f"          plug-ins {[repr(x) for x in r.plugins]}, refiners {[repr(x) for x in r.refiners]}")
+        if getattr(r, "tta", ()):
+            print(f"          test-time adaptation {[repr(x) for x in r.tta]}")
         for pname, preset in m.presets.items():
             print(f"  preset {pname}:")
             for k, v in preset.overrides.items():

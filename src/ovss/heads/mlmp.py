@@ -22,7 +22,8 @@ are in `methods/mlmp.py`; this module holds the two pieces any recipe can use:
              resets model and optimiser before every batch) (adapt/mlmp.py:80-91, 115-120)
     windows  the loss covers every window of the image at once, as the reference adapts on all
              patches of its batch; the windows are run `window_batch` at a time with their
-             gradients summed with each chunk's share of the mean (the same gradient, less memory)
+             gradients summed with each chunk's share of the mean (the same gradient, less memory),
+             and each block's activations are recomputed in the backward pass (`checkpoint`)
     s        `logit_scale`, default the weights' own exp(logit_scale) (model.py:548; 100 for
              OpenAI's CLIP)
 
@@ -58,22 +59,37 @@ def softmax_entropy(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return -(logits.softmax(dim) * logits.log_softmax(dim)).sum(dim)
 
 
+def _block(blk, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block the reference's way: (its attention output without the residual, its output)."""
+    y, _ = blk.attn(blk.ln_1(tokens), keep=_EXPLICIT)
+    y = blk.ls_1(y)
+    tokens = tokens + y
+    return y, tokens + blk.ls_2(blk.mlp(blk.ln_2(tokens)))
+
+
 def multilevel_features(visual, x: torch.Tensor, layers: int, rule, surgery: Surgery, pos_resize: str | None,
-                        vanilla_cls: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None, tuple[int, int]]:
+                        vanilla_cls: bool = False, checkpoint: bool = False
+                        ) -> tuple[list[torch.Tensor], torch.Tensor | None, tuple[int, int]]:
     """Images (B, 3, H, W) -> (levels: the last min(layers, L) blocks' outputs before ln_post,
     each (B, prefix + h*w, D) (module docstring), the class token of an ordinary last block
-    (B, D) when `vanilla_cls`, grid). Differentiable; the caller picks no_grad or not."""
+    (B, D) when `vanilla_cls`, grid). Differentiable; the caller picks no_grad or not.
+    `checkpoint` (with gradients on): each block's inner activations are recomputed in the
+    backward pass instead of kept (torch.utils.checkpoint): the same values and gradients, with
+    the memory of one block's activations instead of every block's."""
     tokens, grid = visual.embed(x, pos_resize)
     blocks = visual.blocks
     first = max(0, len(blocks) - int(layers))
     levels = []
+    recompute = checkpoint and torch.is_grad_enabled()
     for i, blk in enumerate(blocks[:-1]):
-        y, _ = blk.attn(blk.ln_1(tokens), keep=_EXPLICIT)
-        y = blk.ls_1(y)
+        if recompute:
+            from torch.utils.checkpoint import checkpoint as ckpt
+
+            y, tokens = ckpt(_block, blk, tokens, use_reentrant=False, preserve_rng_state=False)
+        else:
+            y, tokens = _block(blk, tokens)
         if i >= first:
             levels.append(y)
-        tokens = tokens + y
-        tokens = tokens + blk.ls_2(blk.mlp(blk.ln_2(tokens)))
     last = blocks[-1]
     levels.append(last_block(last, tokens, rule, surgery, grid))
     cls = last(tokens)[:, 0] if vanilla_cls else None
@@ -85,9 +101,10 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def mlmp_loss(visual, crops: torch.Tensor, text: torch.Tensor, scale: float, layers: int, rule, surgery: Surgery,
-              pos_resize: str | None, alpha_cls: float = 1.0) -> torch.Tensor:
+              pos_resize: str | None, alpha_cls: float = 1.0, checkpoint: bool = False) -> torch.Tensor:
     """MLMP's objective on a batch of windows; text: (T, Q, C) unit per-template queries."""
-    levels, cls, _ = multilevel_features(visual, crops, layers, rule, surgery, pos_resize, alpha_cls != 0)
+    levels, cls, _ = multilevel_features(visual, crops, layers, rule, surgery, pos_resize, alpha_cls != 0,
+                                         checkpoint)
     f = _unit(visual.project(torch.mean(torch.stack(levels), dim=0)))
     n0 = visual.n_prefix
     logits = scale * torch.einsum("bsd,tcd->tbsc", f, text.to(f.dtype))[:, :, n0:]
@@ -107,10 +124,12 @@ def mlmp_window_logits(visual, crops: torch.Tensor, queries: torch.Tensor, scale
     levels, _, (h, w) = multilevel_features(visual, crops, layers, rule, surgery, pos_resize)
     n0 = visual.n_prefix
     q = queries.to(levels[0].dtype)
-    per = _unit(visual.project(torch.stack(levels)))  # (L, B, N, C)
+    stacked = torch.stack(levels)  # (L, B, N, D)
+    per = _unit(visual.project(stacked))  # (L, B, N, C)
     ent = softmax_entropy(scale * torch.einsum("lbsd,cd->lbsc", per, q)[:, :, n0:], -1)  # (L, B, h*w)
+    del per
     weights = F.softmax(-ent.mean(-1), dim=0)  # (L, B): confident levels weigh more
-    fused = torch.sum(torch.stack(levels) * weights[:, :, None, None], dim=0)
+    fused = torch.sum(stacked * weights[:, :, None, None], dim=0)
     f = _unit(visual.project(fused))[:, n0:]
     return (f @ q.T).transpose(1, 2).reshape(f.shape[0], -1, h, w)
 
@@ -155,7 +174,8 @@ class MLMP:
     steps, lr: Adam steps and learning rate per image; layers: how many of the last blocks form
     the levels (all when the tower has fewer, as the reference's list does); alpha_cls: weight of
     the class-token entropy; templates: the per-template text set; logit_scale: None = the
-    weights' own; window_batch: windows per forward/backward (memory only; 0 = the protocol's).
+    weights' own; window_batch: windows per forward/backward (memory only; 0 = the protocol's);
+    checkpoint: recompute each block's activations in the backward pass (memory only, ~1.3x time).
     """
 
     steps: int = 10
@@ -165,6 +185,7 @@ class MLMP:
     templates: str = "mlmp7"
     logit_scale: float | None = None
     window_batch: int = 4
+    checkpoint: bool = True
 
     def __post_init__(self):
         if self.steps < 0 or self.layers < 1 or self.lr < 0:
@@ -190,7 +211,7 @@ class MLMP:
                 chunk = crops[s:s + nb]
                 with torch.enable_grad():
                     loss = mlmp_loss(visual, chunk, text, scale, self.layers, r.attention, r.surgery,
-                                     r.pos_resize, self.alpha_cls)
+                                     r.pos_resize, self.alpha_cls, self.checkpoint)
                     if chunk.shape[0] != n:  # each chunk's share of the mean over all windows
                         loss = loss * (chunk.shape[0] / n)
                     g = torch.autograd.grad(loss, params, allow_unused=True)

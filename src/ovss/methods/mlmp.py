@@ -32,7 +32,8 @@ Code vs paper / what differs here:
   their Adam state in fp32); ovss runs in the model's precision (float32 unless loaded otherwise).
   tests/test_mlmp.py states what that costs in parity.
 - logit_scale: the weights' own exp(logit_scale) in the loss and the layer weights (100 for
-  OpenAI's CLIP); the decision's logit scale (100) only changes the scores, not the labels.
+  OpenAI's CLIP; the method card's "100 cos" is that value, the code reads the weights, and the
+  code is followed); the decision's logit scale (100) only changes the scores, not the labels.
 - The paper's backbone is ViT-L/14 (`--backbone clip-vit-l14`); with a 12-block ViT-B the 18
   levels are all 12 blocks, as the reference's -1..-18 list gives there.
 Not reproduced: the 15 corruptions (ImageNet-C style) the paper also evaluates on; the 3 trials
