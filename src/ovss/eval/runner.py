@@ -202,7 +202,7 @@ def evaluate(segmenter, dataset, out_dir: str | os.PathLike, classes: Any = None
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    squash = segmenter.recipe.protocol.squash
+    squash = getattr(segmenter.recipe.protocol, "squash", None) if protocol == "mlmp" else None
     if protocol == "mlmp" and not squash:
         raise ValueError("the mlmp protocol scores at the squashed image size: the recipe has no protocol.squash "
                          "(use an mlmp dataset preset, or --set protocol.squash=(224,224))")
@@ -255,7 +255,8 @@ def evaluate(segmenter, dataset, out_dir: str | os.PathLike, classes: Any = None
         if label is None:  # CLIPtrase skips an image with no ground truth left in its crop
             skipped += 1
         else:
-            result = segmenter(image, spec, keep_image=False, size=out_size)
+            sized = {} if out_size is None else {"size": out_size}  # mlmp: labels at the squashed size
+            result = segmenter(image, spec, keep_image=False, **sized)
             if result.labels.shape != label.shape:
                 raise ValueError(f"{sample.name}: prediction {result.labels.shape} vs label {label.shape}")
             acc.update(result.labels, label)
