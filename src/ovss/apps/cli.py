@@ -426,6 +426,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         if r.plugins or r.refiners:
             print(f"          plug-ins {[repr(x) for x in r.plugins]}, refiners {[repr(x) for x in r.refiners]}")
         _print_trace_names(m)
+        if getattr(r, "tta", ()):
+            print(f"          test-time adaptation {[repr(x) for x in r.tta]}")
         for pname, preset in m.presets.items():
             print(f"  preset {pname}:")
             for k, v in preset.overrides.items():
@@ -542,9 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--background", action="store_true", help="class 0 is background")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--limit", type=int, help="evaluate only the first N images")
-    e.add_argument("--protocol", choices=["mmseg", "cliptrase"],
-                   help="mmseg (full-size labels, mmseg IoUMetric) or cliptrase (CLIPtrase's own: center crop, "
-                   "255 as background, mIoU over the classes in the ground truth); default: the preset's, else mmseg")
+    e.add_argument("--protocol", choices=["mmseg", "cliptrase", "mlmp"],
+                   help="mmseg (full-size labels, mmseg IoUMetric), cliptrase (CLIPtrase's own: center crop, "
+                   "255 as background, mIoU over the classes in the ground truth) or mlmp (labels resized to the "
+                   "recipe's protocol.squash size); default: the preset's, else mmseg")
     e.add_argument("--protocol-size", type=int, metavar="PX",
                    help="the cliptrase protocol's resize + center-crop size (default: the recipe's short side)")
     e.add_argument("--out", help="results folder (default: ovss-results/DATASET-METHOD-BACKBONE in the current "

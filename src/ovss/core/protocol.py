@@ -40,6 +40,9 @@ class Protocol:
     window_batch: at most this many windows per forward pass: the memory bound of the backbone.
     pad_multiple: with pad_to_patch, pad to a multiple of this instead of the patch size
         (ProxyCLIP pads to 56, a multiple of every patch size it pairs).
+    squash: (a, b): resize to exactly a x b pixels, aspect not kept, instead of short_side /
+        long_cap: a landscape image (w > h) becomes b high and a wide, any other a high and b
+        wide (MLMP's `ResizeAndPatchify`: (224, 224); Cityscapes (1120, 560)). See `squashed_size`.
     """
 
     short_side: int | None = 336
@@ -51,6 +54,7 @@ class Protocol:
     std: tuple[float, float, float] | None = None
     window_batch: int = 32
     pad_multiple: int | None = None
+    squash: tuple[int, int] | None = None
 
 
 def resized_size(h: int, w: int, short_side: int | None, long_cap: int) -> tuple[int, int]:
@@ -60,6 +64,13 @@ def resized_size(h: int, w: int, short_side: int | None, long_cap: int) -> tuple
         return h, w
     f = min(long_cap / max(h, w), short_side / min(h, w))
     return max(int(h * f + 0.5), 1), max(int(w * f + 0.5), 1)
+
+
+def squashed_size(h: int, w: int, squash: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) after `Protocol.squash`: mmcv's target size (width, height) is `squash` for a
+    landscape image and reversed otherwise (MLMP utils/mm_transforms.py:103-105)."""
+    a, b = (int(v) for v in squash)
+    return (b, a) if w > h else (a, b)
 
 
 def preprocess(image: np.ndarray, protocol: Protocol, device: torch.device | str = "cpu",
@@ -82,7 +93,8 @@ def preprocess(image: np.ndarray, protocol: Protocol, device: torch.device | str
         raise ValueError("preprocess needs the normalisation: the protocol has none, pass mean= and std=")
     h, w = image.shape[:2]
     quantised = not np.issubdtype(image.dtype, np.floating)
-    nh, nw = resized_size(h, w, protocol.short_side, protocol.long_cap)
+    nh, nw = (squashed_size(h, w, protocol.squash) if protocol.squash
+              else resized_size(h, w, protocol.short_side, protocol.long_cap))
     fresh = quantised  # x is a new tensor (not a view of the caller's float array): normalise in place
     if (nh, nw) != (h, w) and image.dtype == np.uint8 and torch.device(device).type == "cpu" \
             and image.ndim == 3 and image.shape[2] == 3 and image.nbytes * 4 >= _BANDED_MIN_BYTES \

@@ -14,7 +14,7 @@ from ..heads.attention import AttentionRule
 from ..heads.dense import Surgery
 from .decision import Decision
 from .protocol import Protocol
-from .registry import METHODS, PLUGINS, REFINERS, parse_spec
+from .registry import ADAPTERS, METHODS, PLUGINS, REFINERS, parse_spec
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Recipe:
     pos_resize: str = "scale_factor"  # positional-embedding resize rule (backbones.pos_embed)
     refiners: tuple = ()  # pixel-level refiners applied in order (ovss.refine), e.g. (PAMR(),)
     plugins: tuple = ()  # head plug-ins of the dense readout, in order (ovss.heads.dense), e.g. (RCS(), SFR())
+    tta: tuple = ()  # test-time adaptation around each call (ovss.core.tta), e.g. (MLMP(),): "mlmp:steps=10"
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Apply {"protocol.crop": 0, "attention": "qq+kk", ...}; unknown keys raise KeyError."""
@@ -42,10 +43,21 @@ class Recipe:
         d["attention"] = str(self.attention)
         d["refiners"] = [repr(r) for r in self.refiners]
         d["plugins"] = [repr(p) for p in self.plugins]
+        d["tta"] = [repr(a) for a in self.tta]
+        # settings added later are left out at their defaults, so existing recipes print (and
+        # fingerprint their evaluation runs) exactly as before
+        for path, default in _LATER_FIELDS:
+            *head, last = path
+            sub = d
+            for k in head:
+                sub = sub[k]
+            if sub.get(last) == default:
+                del sub[last]
         return d
 
 
 _PARSERS = {AttentionRule: AttentionRule.parse}
+_LATER_FIELDS = ((("tta",), []), (("protocol", "squash"), None))
 
 
 def parse_chain(value: Any, registry) -> tuple:
@@ -96,6 +108,10 @@ def parse_refiners(value: Any) -> tuple:
     return parse_chain(value, REFINERS)
 
 
+def parse_adapters(value: Any) -> tuple:
+    return parse_chain(value, ADAPTERS)
+
+
 def plugin_spec(item: Any, registry=PLUGINS) -> str:
     """A registered plug-in (or refiner) -> its 'name:key=value,...' string (every field), which
     `parse_plugins` reads back to an equal object; presets store plug-ins this way."""
@@ -112,7 +128,7 @@ def plugin_spec(item: Any, registry=PLUGINS) -> str:
     return f"{name}:{args}" if args else name
 
 
-_FIELD_PARSERS = {"refiners": parse_refiners, "plugins": parse_plugins}
+_FIELD_PARSERS = {"refiners": parse_refiners, "plugins": parse_plugins, "tta": parse_adapters}
 
 
 def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:

@@ -145,3 +145,5 @@ METHODS: Registry[Any] = Registry("method", loads=("ovss.methods",))
 PLUGINS: Registry[Callable[..., Any]] = Registry("head plug-in", loads=("ovss.heads",))
 REFINERS: Registry[Callable[..., Any]] = Registry("refiner", loads=("ovss.refine",))
 EVAL_PROTOCOLS: Registry[Any] = Registry("evaluation protocol", loads=("ovss.eval",))
+# test-time adaptation (`Recipe.tta`, run around one call by `core.tta`); MLMP's is in heads/mlmp.py
+ADAPTERS: Registry[Callable[..., Any]] = Registry("test-time adaptation", loads=("ovss.heads",))

@@ -31,6 +31,7 @@ from .resize import upsample, upsample_rows
 from .result import Result
 from .state import ImageState
 from .trace import names_of, record, refiner_output_name, tracing
+from .tta import adapting
 
 # Full-size (queries x H x W) logits are materialised only below this many elements (256 MB in
 # float32); larger images are upsampled and decided in bands of rows, so memory stays bounded
@@ -318,11 +319,12 @@ class Segmenter:
         network size in `decide`; these per-query logits are resized before any reduction.)"""
         spec, q = self._spec_and_queries(classes, queries)
         state = self.preprocess(image, size, keep_image=False)
-        low = self.stitched_logits(state, q)
-        if refine:
-            low = self.refine(low, state, spec, "network")
-        full = upsample(low, state.size)
-        return self.refine(full, state, spec) if refine else full
+        with adapting(self, state, q, spec):  # test-time adaptation (Recipe.tta), if any
+            low = self.stitched_logits(state, q)
+            if refine:
+                low = self.refine(low, state, spec, "network")
+            full = upsample(low, state.size)
+            return self.refine(full, state, spec) if refine else full
 
     @contextmanager
     def trace(self):
@@ -353,8 +355,9 @@ class Segmenter:
             return result
         spec, q = self._spec_and_queries(classes, queries, background)
         state = self.preprocess(image, size, keep_image)
-        low = self.stitched_logits(state, q)
-        labels, probs, mean_scores, full, assigned = self.decide(low, state, spec)
+        with adapting(self, state, q, spec):  # test-time adaptation (Recipe.tta), if any
+            low = self.stitched_logits(state, q)
+            labels, probs, mean_scores, full, assigned = self.decide(low, state, spec)
         names = spec.names
         d = self.recipe.decision
         added = False

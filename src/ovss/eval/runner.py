@@ -11,7 +11,10 @@ Distributed: under `torchrun` (WORLD_SIZE > 1) each rank takes every WORLD_SIZE-
 histograms are summed with `all_reduce` (gloo on CPU, nccl on GPU) and rank 0 writes the results.
 The summed integer counts are the same as a single process's, so the numbers are identical.
 
-Protocols (`protocol=`): "mmseg" (default) is the protocol of SCLIP, ClearCLIP, NACLIP, ProxyCLIP,
+Protocols (`protocol=`): "mlmp" is MLMP's (dosowiechi/MLMP utils/mm_transforms.py:99-121): the image
+squashed to the recipe's `protocol.squash` (224 x 224) and the ground truth resized to that size
+by cv2's nearest rule (`nearest_resize`), scored there with mmseg's metric; the segmenter returns
+its labels at that size. "mmseg" (default) is the protocol of SCLIP, ClearCLIP, NACLIP, ProxyCLIP,
 ResCLIP and SC-CLIP (mmseg `IoUMetric`, see `ovss.eval.metrics`) on the full-size label maps.
 "cliptrase" is the protocol of leaves162/CLIPtrase's own evaluation (`clip_self_correlation.py`
 and `configs/metric.py` at 2b7de612), under which CLIPtrase's README and paper numbers were made:
@@ -54,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.protocol import squashed_size
 from .metrics import IoUAccumulator
 
 
@@ -90,8 +94,20 @@ def dataset_classes(dataset) -> list[list[str]]:
     return [[n] for n in dataset.class_names]
 
 
-PROTOCOLS = ("mmseg", "cliptrase")
+PROTOCOLS = ("mmseg", "cliptrase", "mlmp")
 COCO_THINGS = 80  # COCO-Stuff trainIds 0..79 are the COCO-Object classes, 80..170 stuff
+
+
+def nearest_resize(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """cv2.resize(label, (w, h), interpolation=INTER_NEAREST), as mmcv.imresize calls it for
+    MLMP's ground truth (utils/mm_transforms.py:113-115): source index floor(i * (1 / (dst /
+    src))) in double precision, capped at the last row / column."""
+    h, w = label.shape[:2]
+    nh, nw = size
+    iy, ix = 1.0 / (nh / h), 1.0 / (nw / w)
+    ys = np.minimum(np.floor(np.arange(nh) * iy).astype(np.int64), h - 1)
+    xs = np.minimum(np.floor(np.arange(nw) * ix).astype(np.int64), w - 1)
+    return np.asarray(label)[ys[:, None], xs[None, :]]
 
 
 def resize_center_crop(image, size: int, resample: int):
@@ -174,8 +190,9 @@ def evaluate(segmenter, dataset, out_dir: str | os.PathLike, classes: Any = None
         limit: evaluate only the first `limit` images.
         save_predictions: also write each label map as an index PNG under `<out>/predictions/`.
         settings: extra settings recorded in the results and the fingerprint (e.g. the command).
-        protocol: "mmseg" (full-size labels, mmseg `IoUMetric`) or "cliptrase" (CLIPtrase's own
-            evaluation: center crop, 255 as background, GT-present mean; see the module notes).
+        protocol: "mmseg" (full-size labels, mmseg `IoUMetric`), "cliptrase" (CLIPtrase's own
+            evaluation: center crop, 255 as background, GT-present mean) or "mlmp" (labels
+            resized to the squashed image size); see the module notes.
         size: the "cliptrase" protocol's resize-and-crop size; default: the recipe's short side.
     """
     from tqdm import tqdm
@@ -185,6 +202,10 @@ def evaluate(segmenter, dataset, out_dir: str | os.PathLike, classes: Any = None
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    squash = getattr(segmenter.recipe.protocol, "squash", None) if protocol == "mlmp" else None
+    if protocol == "mlmp" and not squash:
+        raise ValueError("the mlmp protocol scores at the squashed image size: the recipe has no protocol.squash "
+                         "(use an mlmp dataset preset, or --set protocol.squash=(224,224))")
     if protocol == "cliptrase":
         size = size or segmenter.recipe.protocol.short_side
         if not size:
@@ -223,14 +244,19 @@ def evaluate(segmenter, dataset, out_dir: str | os.PathLike, classes: Any = None
         if k < done:
             continue
         sample = dataset[i]
+        out_size = None
         if protocol == "cliptrase":
             image, label = _cliptrase_sample(dataset, i, sample, size)
         else:
             image, label = sample.image_path, dataset.load_label(i)
+            if protocol == "mlmp":  # scored at the squashed size: labels resized there, nearest
+                label = nearest_resize(label, squashed_size(*label.shape[:2], squash))
+                out_size = label.shape
         if label is None:  # CLIPtrase skips an image with no ground truth left in its crop
             skipped += 1
         else:
-            result = segmenter(image, spec, keep_image=False)
+            sized = {} if out_size is None else {"size": out_size}  # mlmp: labels at the squashed size
+            result = segmenter(image, spec, keep_image=False, **sized)
             if result.labels.shape != label.shape:
                 raise ValueError(f"{sample.name}: prediction {result.labels.shape} vs label {label.shape}")
             acc.update(result.labels, label)
@@ -312,7 +338,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         "",
         f"backbone `{s.get('backbone')}`, preset `{s.get('preset')}`, {m['num_images']} images"
         + (f", protocol {results['protocol']} ({s.get('protocol_size')} px center crop, "
-           f"{m.get('skipped_images', 0)} images skipped)" if results.get("protocol", "mmseg") != "mmseg" else ""),
+           f"{m.get('skipped_images', 0)} images skipped)" if results.get("protocol", "mmseg") == "cliptrase" else "")
+        + (", protocol mlmp (labels resized to the squashed image size)" if results.get("protocol") == "mlmp" else ""),
         "",
         "| class | IoU | Acc |",
         "|---|---|---|",

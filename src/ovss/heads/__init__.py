@@ -4,7 +4,9 @@
 Importing this package registers the plug-ins in `ovss.core.registry.PLUGINS`.
 """
 
-from . import cass, clipdiy, cls_prior, feedback, freeda, lposs, presence, proxy, rcs, selfcal  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    cass, clipdiy, cls_prior, feedback, freeda, lposs, mlmp, presence, proxy, rcs, selfcal,
+)
 from .plugin import HeadPlugin
 
 __all__ = ["HeadPlugin"]

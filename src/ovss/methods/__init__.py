@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (registration side effects)
     freeda,
     lposs,
     maskclip,
+    mlmp,
     naclip,
     proxyclip,
     resclip,

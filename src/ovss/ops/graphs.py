@@ -8,7 +8,8 @@ Graphs:
   geometric kernel exp(-sigma * |p_i - p_j|^eta) on patch centres (computed on the edges only),
   then W + W^T.
 - `threshold_graph`: Cheb-GR's adaptive neighbourhood, per-row cut at mean - lambda * std (floored
-  at the self distance), exp(-d / beta) kernel; `bistochastic` its D_r^-1/2 S D_c^-1/2.
+  at the self distance), exp(-d / beta) kernel; `bistochastic` its D_r^-1/2 S D_c^-1/2; both in
+  Fast-GCR's float32 order of operations (`ops.rerank` runs the rounds of feature propagation).
 - `gaussian_kernel`, `geometric_kernel`.
 - `PixelGraph`: a pixel graph on local windows (LPOSS+: every pixel linked to its (2n+1)^2 - 1
   neighbours, weight exp(-|lab_u - lab_v| / tau)), matrix-free: its weights are one (H, W) map
@@ -54,6 +55,7 @@ __all__ = [
     "poly_filter",
     "propagate",
     "rgb_to_lab",
+    "sq_distances",
     "threshold_graph",
 ]
 
@@ -185,21 +187,33 @@ def lposs_patch_graph(feats: Tensor, centres: Tensor, k: int = 400, gamma: float
     return SparseGraph((W + W.transpose(0, 1)).coalesce())
 
 
-def threshold_graph(feats: Tensor, lam: float = 1.0, beta: float = 0.1, sym: bool = False) -> Tensor:
-    """Cheb-GR's adaptive graph (dense): d_ij = |x_i - x_j|^2; row cut t_i = max(mean_i - lam *
-    std_i, max_k d_kk); S_ij = exp(-d_ij / beta) where d_ij <= t_i, else 0; (S + S^T) / 2 if
-    `sym`."""
-    sq = (feats * feats).sum(1)
-    d = (sq[:, None] + sq[None, :] - 2 * feats @ feats.T).clamp(min=0)
-    t = torch.maximum(d.mean(1) - lam * d.std(1), d.diagonal().max())
-    S = torch.where(d <= t[:, None], torch.exp(-d / beta), torch.zeros_like(d))
-    return (S + S.T) / 2 if sym else S
+def sq_distances(feats: Tensor) -> Tensor:
+    """|x_i - x_j|^2 (N, N) by the expansion, clamped at 0, in Fast-GCR's order of float
+    operations ((-2 X X^T + |x_i|^2) + |x_j|^2, re_ranking.py:42-44), so that the threshold
+    below cuts the same entries as the reference (distance-to-threshold gaps of ~1e-6 occur)."""
+    sq = (feats * feats).sum(1, keepdim=True)
+    return (-2.0 * feats @ feats.T + sq + sq.T).clamp(min=0.0)
+
+
+def threshold_graph(feats: Tensor, lam: float = 1.0, beta: float = 0.1, sym: bool = False,
+                    dist: Tensor | None = None) -> Tensor:
+    """Cheb-GR's adaptive graph (dense): d_ij = |x_i - x_j|^2 (`sq_distances`, or `dist`); row cut
+    t_i = max(mean_i - lam * std_i, max_k d_kk) (unbiased std over the whole row, self included;
+    the floor keeps every self-edge); S_ij = exp(-d_ij / beta) where d_ij <= t_i, else 0;
+    (S + S^T) / 2 if `sym` (Fast-GCR re_ranking.py:47-58)."""
+    d = sq_distances(feats) if dist is None else dist
+    t = torch.clamp(d.mean(1, keepdim=True) - lam * d.std(1, keepdim=True), min=d.diagonal().max().item())
+    S = torch.where(d <= t, torch.exp(-d / beta), torch.zeros_like(d))
+    return 0.5 * (S + S.T) if sym else S
 
 
 def bistochastic(S: Tensor) -> Tensor:
-    """S_ij / sqrt(r_i c_j) with row sums r and column sums c (Cheb-GR / GCR)."""
-    r, c = S.sum(1), S.sum(0)
-    return S / torch.sqrt(r[:, None] * c[None, :]).clamp(min=1e-12)
+    """S_ij / sqrt(r_i c_j) with row sums r and column sums c (Cheb-GR / GCR), as Fast-GCR rounds
+    it: outer(sqrt(1 / r), sqrt(1 / c)) * S (re_ranking.py:65-67). Every row and column of a
+    `threshold_graph` has its self-edge, so no sum is zero."""
+    d_row = torch.sqrt(1.0 / S.sum(1))
+    d_col = torch.sqrt(1.0 / S.sum(0))
+    return torch.outer(d_row, d_col) * S
 
 
 def _row_sums(rows: Tensor, vals: Tensor, n: int) -> Tensor:

@@ -20,7 +20,7 @@ from typing import Protocol as _Protocol
 import torch
 
 from ..core.registry import REFINERS, parse_spec
-from . import cluster, lposs, pamr  # noqa: F401  (registration)
+from . import chebgr, cluster, lposs, pamr  # noqa: F401  (registration)
 from .context import RefineContext
 
 

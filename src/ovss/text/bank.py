@@ -114,9 +114,22 @@ MASKCLIP_SCENE_TEMPLATES: tuple[str, ...] = (
     "this is one {} in the scene.",
 )
 
+# The 7 templates of MLMP's prompts.yaml (CLIP's notebook's best seven); MLMP scores each on its own
+# in its adaptation loss and their ensemble at readout.
+MLMP_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "imagenet80": IMAGENET_TEMPLATES,
     "maskclip85": IMAGENET_TEMPLATES + MASKCLIP_SCENE_TEMPLATES,
+    "mlmp7": MLMP_TEMPLATES,
     "single": ("a photo of a {}.",),
     "plain": ("{}",),
 }
