@@ -56,9 +56,9 @@ import torch
 from ovss.backbones.clip import CLIP
 from ovss.backbones.configs import ARCHS
 from ovss.backbones.factory import LoadedClip
-from ovss.text.tokenizer import Tokenizer
 from ovss.core.segmenter import Segmenter
 from ovss.text.bank import TextBank
+from ovss.text.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = ROOT / "tests/golden/tokenizer/small_vocab.txt.gz"  # any CLIP-format vocabulary times the same

@@ -7,8 +7,8 @@ from PIL import Image
 
 import ovss
 from ovss.core import segmenter as pipeline
-from ovss.core.protocol import CLIP_MEAN, CLIP_STD, Protocol
 from ovss.core.decision import class_probabilities, decide
+from ovss.core.protocol import CLIP_MEAN, CLIP_STD, Protocol
 from ovss.core.resize import upsample
 
 

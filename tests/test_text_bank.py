@@ -80,6 +80,9 @@ PUBLISHED_TEMPLATES = {  # set -> (count, sha256, {index: exact string})
     "single": (1, "e8e367e769f86c27d7507382b76c671667da9fa8ae030159a57681a812b0fa33", {0: "a photo of a {}."}),
     "plain": (1, "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", {0: "{}"}),
     # aimagelab/freeda datasets/templates.py:99-107 `sub_imagenet_template` (registered by methods/freeda.py)
+    # dosowiechi/MLMP templates_7.yaml @df0a196 (note: "itap of a {}" has no full stop there)
+    "mlmp7": (7, "39f04513ffbb00a37a5357e16fc427a0ef48754aea8137cedac2d3ac6416fe95",
+              {0: "itap of a {}", 1: "a bad photo of the {}.", 6: "a photo of the small {}."}),
     "freeda7": (7, "35c557b8c9d0bfab334b4dc43c719248a8d6f5016cd912158a6d71b9862f195c",
                 {0: "itap of a {}.", 3: "a photo of the large {}.", 6: "a photo of the small {}."}),
 }

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from measured import max_abs_diff
+from safetensors.torch import load_file, save_file
 
 from ovss.backbones.dino import (
     DINO_ARCHS,

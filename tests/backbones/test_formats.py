@@ -34,9 +34,9 @@ from ovss.backbones.convert import (
 from ovss.backbones.factory import WeightsMismatchError, create_clip, weights_identity
 from ovss.backbones.hub import WeightsNotFoundError, download, resolve_weights
 from ovss.backbones.pretrained import PretrainedCfg, list_backbones
-from ovss.backbones.zoo import get_pretrained
 from ovss.backbones.transformer import LayerNorm, Transformer
 from ovss.backbones.vit import VisionTransformer
+from ovss.backbones.zoo import get_pretrained
 
 TINY = ClipCfg(
     VisionCfg(width=128, layers=2, heads=2, patch_size=16, image_size=32, output_dim=64),

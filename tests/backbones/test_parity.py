@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from measured import max_abs_diff
+from safetensors.torch import load_file
 
-from ovss.heads.attention import AttentionRule
 from ovss.backbones.factory import create_clip
+from ovss.heads.attention import AttentionRule
 from ovss.heads.dense import Surgery, last_block
 
 GOLDEN = Path(__file__).parents[1] / "golden"

@@ -46,7 +46,16 @@ from safetensors.torch import load_file, save_file
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from make_clip_golden import load_module
-from make_methods_golden import CLASS_LINES, MEAN, STD, STEP, _module, _Sample, capture_postprocess, stub_frameworks
+from make_methods_golden import (
+    CLASS_LINES,
+    MEAN,
+    STD,
+    STEP,
+    _module,
+    _Sample,
+    capture_postprocess,
+    stub_frameworks,
+)
 from make_proxyclip_golden import _Normalize  # torchvision's Normalize: (x - mean) / std per channel
 
 SEED = 42
@@ -278,8 +287,8 @@ def ovss_segmenter(clip, preset: str, vfm: str):
 
 def run_ovss(seg, queries, idx, image):
     """ovss's stitched logits, labels and per-window assignments for one image."""
-    from ovss.ops import spectral
     from ovss.core.resize import upsample
+    from ovss.ops import spectral
     from ovss.text.bank import ClassSpec
 
     seg_queries = queries

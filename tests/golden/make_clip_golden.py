@@ -136,9 +136,9 @@ def main() -> None:
             io[f"ref_clearclip_{key}"] = clear(x, model_type="ClearCLIP", ignore_residual=True)
 
     if args.full:
-        from ovss.heads.attention import AttentionRule
         from ovss.backbones.clip import CLIP
         from ovss.backbones.configs import infer_clip_config
+        from ovss.heads.attention import AttentionRule
         from ovss.heads.dense import Surgery, last_block
 
         state = to_ovss(sd)

@@ -216,8 +216,8 @@ def compare_full(run, ref, ref_labels, image, queries, dino, ours_clip, ori, ref
     from ovss.backbones.factory import LoadedClip
     from ovss.core.decision import class_probabilities, decide
     from ovss.core.resize import upsample
-    from ovss.heads.vfm import register_vfm
     from ovss.core.segmenter import Segmenter
+    from ovss.heads.vfm import register_vfm
     from ovss.text.bank import ClassSpec
 
     register_vfm("full-dino16", create_dino(weights={k: v.detach() for k, v in dino.state_dict().items()}).model)

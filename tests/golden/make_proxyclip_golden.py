@@ -165,8 +165,8 @@ def run_full(dino_mod, mod, cc_model, myutils, class_file, g) -> None:
     from ovss.backbones.dino import create_dino
     from ovss.backbones.factory import LoadedClip
     from ovss.core.resize import upsample
-    from ovss.heads.vfm import register_vfm
     from ovss.core.segmenter import Segmenter
+    from ovss.heads.vfm import register_vfm
     from ovss.text.bank import ClassSpec
 
     torch.manual_seed(0)

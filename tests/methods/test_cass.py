@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from deep_parity import assert_labels_equal
 from measured import max_abs_diff
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ovss.backbones.dino import create_dino
 from ovss.backbones.factory import create_clip
-from ovss.ops.hierarchy import ward_clusters
-from ovss.methods import get_method
+from ovss.core.segmenter import Segmenter
 from ovss.heads.cass import CASSHead
 from ovss.heads.vfm import register_vfm
-from ovss.core.segmenter import Segmenter
+from ovss.methods import get_method
+from ovss.ops.hierarchy import ward_clusters
 from ovss.text.bank import ClassSpec
 
 GOLDEN = Path(__file__).parents[1] / "golden"

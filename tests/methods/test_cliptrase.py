@@ -20,8 +20,8 @@ import ovss
 from ovss.backbones.vit import Tap
 from ovss.core.protocol import preprocess
 from ovss.core.resize import upsample
-from ovss.methods import get_method
 from ovss.core.segmenter import Segmenter
+from ovss.methods import get_method
 from ovss.refine import RefineContext
 from ovss.refine.cluster import Cluster, dbscan, denoised_affinity, majority_vote, mean_vote, median_filter
 from ovss.text.bank import ClassSpec, parse_classes

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 from ovss.backbones.dino import create_dino
 from ovss.backbones.factory import create_clip
-from ovss.methods import get_method
-from ovss.heads.vfm import register_vfm
 from ovss.core.segmenter import Segmenter
+from ovss.heads.vfm import register_vfm
+from ovss.methods import get_method
 from ovss.text.bank import ClassSpec
 
 GOLDEN = Path(__file__).parents[1] / "golden"

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from deep_parity import assert_labels_equal
 from measured import max_abs_diff
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ovss.backbones.factory import create_clip
 from ovss.core.decision import class_probabilities, decide
 from ovss.core.resize import upsample
-from ovss.methods import get_method
 from ovss.core.segmenter import Segmenter
+from ovss.methods import get_method
 from ovss.text.bank import ClassSpec
 
 GOLDEN = Path(__file__).parents[1] / "golden"

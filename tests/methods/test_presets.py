@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import ovss
+from ovss.core.protocol import CLIP_MEAN, CLIP_STD, resized_size, window_boxes
 from ovss.heads.attention import AttentionRule
 from ovss.heads.dense import Surgery
-from ovss.core.protocol import CLIP_MEAN, CLIP_STD, resized_size, window_boxes
 from ovss.methods import get_method
 from ovss.refine.pamr import PAMR
 from ovss.text.bank import parse_classes

@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from deep_parity import assert_labels_equal
 from measured import max_abs_diff
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ovss.backbones.dino import create_dino
 from ovss.backbones.factory import create_clip
-from ovss.methods import get_method
+from ovss.core.segmenter import Segmenter
 from ovss.heads.proxy import ProxyHead
 from ovss.heads.vfm import register_vfm
-from ovss.core.segmenter import Segmenter
+from ovss.methods import get_method
 from ovss.text.bank import ClassSpec
 
 GOLDEN = Path(__file__).parents[1] / "golden"
@@ -98,8 +98,8 @@ def test_dinov2_proxy_with_registers_runs(golden, segmenter):
 def test_methods_command_describes_the_affinity_only_rule(capsys):
     """ProxyCLIP's rule has no q/k/v terms (DINO's affinity is its attention): `ovss methods`
     names it instead of printing an empty string, and the name parses back."""
-    from ovss.heads.attention import AttentionRule
     from ovss.apps.cli import main
+    from ovss.heads.attention import AttentionRule
 
     rule = get_method("proxyclip").recipe.attention
     assert rule.terms == () and str(rule) == "affinity" and AttentionRule.parse("affinity") == rule

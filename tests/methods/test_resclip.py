@@ -16,10 +16,10 @@ import torch
 from deep_parity import GOLDEN, VOCAB, assert_labels_equal, load_golden, small_clip, spec_of
 from measured import max_abs_diff
 
-from ovss.heads.feedback import SFR, label_affinity, line_of_sight, patch_mode
-from ovss.methods import get_method
 from ovss.core.segmenter import Segmenter
+from ovss.heads.feedback import SFR, label_affinity, line_of_sight, patch_mode
 from ovss.heads.rcs import RCS
+from ovss.methods import get_method
 
 FILE = GOLDEN / "resclip_small.safetensors"
 # Tolerances from the max |ours - reference| measured on an Intel Xeon (this machine), identical with
@@ -267,9 +267,9 @@ NAMES = {"voc21": "voc21", "context60": "context60", "coco-object": "coco_object
 @pytest.mark.parametrize("suffix", sorted(BASE_TABLE))
 @pytest.mark.parametrize("dataset", sorted(RESCLIP_TABLE))
 def test_presets_follow_the_configs(dataset, suffix):
+    from ovss.core.protocol import CLIP_MEAN, CLIP_STD
     from ovss.heads.attention import AttentionRule
     from ovss.heads.dense import Surgery
-    from ovss.core.protocol import CLIP_MEAN, CLIP_STD
 
     short, crop, prob, temp, rcs, sfr = RESCLIP_TABLE[dataset]
     rule, res, ffn = BASE_TABLE[suffix]

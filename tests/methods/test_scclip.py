@@ -16,11 +16,11 @@ import torch
 from deep_parity import GOLDEN, VOCAB, assert_labels_equal, load_golden, small_clip, spec_of
 from measured import max_abs_diff
 
-from ovss.ops.affinity import aggregate, cosine_matrix, proxy_logits, threshold
-from ovss.ops.anomaly import lof_outliers, lof_scores, repair_tokens
-from ovss.methods import get_method
 from ovss.core.segmenter import Segmenter
 from ovss.heads.selfcal import SelfCalibration
+from ovss.methods import get_method
+from ovss.ops.affinity import aggregate, cosine_matrix, proxy_logits, threshold
+from ovss.ops.anomaly import lof_outliers, lof_scores, repair_tokens
 
 FILE = GOLDEN / "scclip_small.safetensors"
 # Tolerances from the max |difference| measured on an Intel Xeon (this machine) with
@@ -204,9 +204,9 @@ L14_CHANGES = {"voc21": {"prob": 0.2}, "coco-object": {"scale": 40.0, "prob": 0.
 @pytest.mark.parametrize("l14", [False, True])
 @pytest.mark.parametrize("dataset", sorted(SCCLIP_TABLE))
 def test_presets_follow_the_configs(dataset, l14):
+    from ovss.core.protocol import CLIP_MEAN, CLIP_STD
     from ovss.heads.attention import AttentionRule
     from ovss.heads.dense import Surgery
-    from ovss.core.protocol import CLIP_MEAN, CLIP_STD
 
     short, scale, prob, area = SCCLIP_TABLE[dataset]
     if l14:

@@ -23,8 +23,8 @@ from ..heads.dense import patch_logits
 from ..heads.plugin import check_plugins, providers
 from ..text.bank import ClassSpec, TextBank, parse_classes
 from ..text.tokenizer import Tokenizer
-from .precision import autocast, dtype_name, resolve_dtype
 from .decision import class_probabilities, decide, reduce_queries
+from .precision import autocast, dtype_name, resolve_dtype
 from .protocol import preprocess, slide_logits, window_boxes
 from .recipe import MethodSpec, Recipe, get_method
 from .resize import upsample, upsample_rows

@@ -5,7 +5,17 @@ Importing this package registers the plug-ins in `ovss.core.registry.PLUGINS`.
 """
 
 from . import (  # noqa: F401  (registration)
-    cass, clipdiy, cls_prior, feedback, freeda, lposs, mlmp, presence, proxy, rcs, selfcal,
+    cass,
+    clipdiy,
+    cls_prior,
+    feedback,
+    freeda,
+    lposs,
+    mlmp,
+    presence,
+    proxy,
+    rcs,
+    selfcal,
 )
 from .plugin import HeadPlugin
 

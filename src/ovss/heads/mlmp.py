@@ -40,13 +40,14 @@ weights shared, never written), so nothing leaks between images or requests.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..core.protocol import _pad_to_multiple, slide_logits, window_boxes
 from ..core.registry import ADAPTERS, PLUGINS
+from ..core.trace import record
 from ..core.tta import layernorm_params
 from .dense import Surgery, last_block
 from .plugin import HeadPlugin
@@ -129,6 +130,7 @@ def mlmp_window_logits(visual, crops: torch.Tensor, queries: torch.Tensor, scale
     ent = softmax_entropy(scale * torch.einsum("lbsd,cd->lbsc", per, q)[:, :, n0:], -1)  # (L, B, h*w)
     del per
     weights = F.softmax(-ent.mean(-1), dim=0)  # (L, B): confident levels weigh more
+    record("mlmp.level_weights", weights)
     fused = torch.sum(stacked * weights[:, :, None, None], dim=0)
     f = _unit(visual.project(fused))[:, n0:]
     return (f @ q.T).transpose(1, 2).reshape(f.shape[0], -1, h, w)
@@ -236,6 +238,9 @@ class MLMPReadout(HeadPlugin):
 
     layers: int = 18
     logit_scale: float | None = None
+
+    # per window batch: the (levels, windows) softmax weights of the levels' readouts
+    trace_names: ClassVar[tuple[str, ...]] = ("mlmp.level_weights",)
 
     def joint_slide(self, seg, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         r = seg.recipe

@@ -31,6 +31,7 @@ paper ranks person images, not patches).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,7 @@ class ChebGR:
     stage: str = "network"
 
     needs_context = True  # the Segmenter passes a RefineContext (backbone taps, normalisation)
+    trace_names: ClassVar[tuple[str, ...]] = ("chebgr.output",)
 
     def __post_init__(self):
         if self.mode not in MODES:
