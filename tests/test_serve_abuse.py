@@ -30,6 +30,7 @@ pytest.importorskip("uvicorn", reason="the HTTP API needs ovss[serve] (uvicorn)"
 httpx = pytest.importorskip("httpx", reason="the API tests need httpx")
 
 from test_serve import CLASSES, Server, png_bytes, post, scene  # after the skips
+from test_text_bank import CountingModel  # the one prompt-counting wrapper
 
 from ovss.apps.serve import DEFAULT_MAX_CLASS_CHARS, DEFAULT_MAX_CLASSES, WorkerPool
 
@@ -357,17 +358,6 @@ def test_an_unexpected_error_is_a_json_500(weights, monkeypatch):
 
 
 # --------------------------------------------------------------------------------- text-embedding cache
-
-
-class CountingModel(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.prompts = 0
-
-    def encode_text(self, tokens, crop=True):
-        self.prompts += tokens.shape[0]
-        return self.model.encode_text(tokens, crop=crop)
 
 
 @pytest.fixture(scope="module")
