@@ -13,7 +13,7 @@ import dataclasses
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from .recipe import MethodSpec, Recipe, get_method
 from .resize import upsample, upsample_rows
 from .result import Result
 from .state import ImageState
+from .trace import active as trace_active
 from .trace import names_of, record, refiner_output_name, tracing
 from .tta import adapting
 
@@ -53,19 +54,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-class Decided:
+class Decided(NamedTuple):
     """What `Segmenter.decide` returns: labels (H, W) int64 in the class list's indices (pixels
     under the threshold at class 0, as the references do), probs (C, h, w) float32, the mean
     probability per class, whether probs are at full size, and which pixels passed prob_thd."""
 
-    __slots__ = ("labels", "probs", "mean_scores", "full_size", "assigned")
-
-    def __init__(self, labels, probs, mean_scores, full_size, assigned):
-        self.labels, self.probs, self.mean_scores = labels, probs, mean_scores
-        self.full_size, self.assigned = full_size, assigned
-
-    def __iter__(self):  # unpacks like the tuple it replaces
-        return iter((self.labels, self.probs, self.mean_scores, self.full_size, self.assigned))
+    labels: np.ndarray
+    probs: np.ndarray
+    mean_scores: list[float]
+    full_size: bool
+    assigned: np.ndarray
 
 
 class Segmenter:
@@ -221,14 +219,11 @@ class Segmenter:
         if odd:
             raise ValueError(f"{self.method.name}'s head {odd[0]!r} has no single-pass features; use "
                              "seg.logits(image, classes) or seg.stitched_logits(state, queries)")
-        from ..heads.dense import pass_context
+        from ..heads.dense import collect_mixes, pass_context
 
         with autocast(self.device, self.dtype):
             ctx = pass_context(self.visual, state.x, r.attention, r.surgery, r.pos_resize, plugins)
-            mixes: list = []
-            for p in providers(plugins, "mixes"):
-                mixes = mixes + list(p.mixes(ctx, tuple(mixes)))
-            feats = self.visual.project(ctx.run(mixes))[0].float()
+            feats = self.visual.project(ctx.run(collect_mixes(ctx, plugins)))[0].float()
         if normalize:
             feats = torch.nn.functional.normalize(feats, dim=-1)
         return feats if cls_token else feats[1:]
@@ -305,7 +300,8 @@ class Segmenter:
                 out = refiner(out, guide, context=context)
             else:
                 out = refiner(out, guide)
-            record(refiner_output_name(refiner), out[0])
+            if trace_active():  # the name costs a registry look-up: only when a trace is open
+                record(refiner_output_name(refiner), out[0])
         return out[0]
 
     @torch.no_grad()
@@ -371,13 +367,15 @@ class Segmenter:
             added = True
         from .viz import palette_for
 
+        image = None
+        if keep_image and state.rgb is not None:  # a float image is drawn clipped to uint8
+            image = state.rgb if state.rgb.dtype == np.uint8 else np.clip(state.rgb, 0, 255).astype(np.uint8)
         return Result(
             labels=labels.astype(np.int32, copy=False),
             scores=probs,
             class_names=names,
             palette=palette_for(names),
-            image=state.rgb if keep_image and state.rgb is not None and state.rgb.dtype == np.uint8 else (
-                None if not keep_image or state.rgb is None else np.clip(state.rgb, 0, 255).astype(np.uint8)),
+            image=image,
             mean_scores=mean_scores,
             scores_full_size=full,
             settings=self.settings(),

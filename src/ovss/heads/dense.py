@@ -124,13 +124,19 @@ def pass_context(visual: VisionTransformer, images: torch.Tensor, rule: Attentio
     return PassContext(visual, images, out, rule, surgery, queries)
 
 
-def run_plugins(ctx: PassContext, plugins=()) -> torch.Tensor:
-    """Every plug-in's mixes in order, then the readout -> normalised (B, h*w, C)."""
+def collect_mixes(ctx: PassContext, plugins=()) -> list[Mix]:
+    """Every plug-in's mixes in order; each plug-in sees those of the plug-ins before it."""
     mixes: list[Mix] = []
-    plugins = check_plugins(plugins)
-    readers = providers(plugins, "readout")
     for p in providers(plugins, "mixes"):
         mixes = mixes + list(p.mixes(ctx, tuple(mixes)))
+    return mixes
+
+
+def run_plugins(ctx: PassContext, plugins=()) -> torch.Tensor:
+    """Every plug-in's mixes in order, then the readout -> normalised (B, h*w, C)."""
+    plugins = check_plugins(plugins)
+    readers = providers(plugins, "readout")
+    mixes = collect_mixes(ctx, plugins)
     if readers:
         return readers[0].readout(ctx, tuple(mixes))
     return ctx.features(mixes)
